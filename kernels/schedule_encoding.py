@@ -32,15 +32,21 @@ COSINE (6)         1 T, 2 end: end + (1-end)*(1+cos(pi*min(t,T)/T))/2; T == 0 ->
 COSINE_RESTARTS(7) 1 T0, 2 mult, 3 end: cosine of the position inside cycle i of length T0*mult**i
 ONE_CYCLE (8)      1 e1, 2 e2, 3 e3 (phase end steps, torch's ``end_step``; e2 unused when
                    two-phase), 4 initial factor (1/div_factor), 5 min factor
-                   (1/(div_factor*final_div_factor)), 6 anneal (0 cos, 1 linear),
+                   (1/div_factor/final_div_factor, as torch's min_lr), 6 anneal (0 cos, 1 linear),
                    7 three_phase (0/1), 8 cycle_momentum (0/1), 9 base_momentum,
                    10 max_momentum. t is clamped to e3 (the final value is held).
 CYCLIC (9)         1 total_size, 2 step_ratio, 3 base_factor, 4 mode (0 triangular,
                    1 triangular2, 2 exp_range), 5 gamma, 6 cycle_momentum (0/1),
                    7 base_momentum, 8 max_momentum
-INVERSE_SQRT (10)  1 W, 2 timescale: t/W for t < W, else 1/sqrt((t + timescale - W)/timescale)
+INVERSE_SQRT (10)  1 W, 2 timescale: t/W for t < W, else 1/sqrt((t + (timescale - W))/timescale)
 WSD (11)           1 W, 2 S, 3 D, 4 decay (0 linear, 1 cosine, 2 1-sqrt), 5 end, 6 start
+                   t < W: start + (1-start)*(t/W); t <= W+S: 1; t < W+S+D: end +
+                   (1-end)*law(p), p = (t-W-S)/D, law 1-p | 0.5*(1+cos(pi*p)) | 1-sqrt(p);
+                   else end. (t == W+S gives 1 also when D == 0.)
 =================  ====================================================================
+
+``kernels/reference/schedule.py`` is the executable form of this table (operation order
+included: it matches ``fusedsched.schedules`` to the last bit on CPU).
 
 Anneal laws (torch's OneCycleLR): cos: ``end + (start - end) / 2 * (1 + cos(pi * pct))``;
 linear: ``(end - start) * pct + start``. A phase of length 0 has ``pct = 1``.
