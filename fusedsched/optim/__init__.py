@@ -1,0 +1,7 @@
+"""Optimizers: one file per algorithm, the shared machinery in _base.py."""
+
+from .adam import Adam, AdamW
+from .rmsprop import RMSprop
+from .sgd import SGD, Momentum
+
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW"]

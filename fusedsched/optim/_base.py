@@ -1,0 +1,262 @@
+"""What every fused optimizer shares: schedule position, state layout, checks, dispatch.
+
+Each algorithm file (sgd.py, rmsprop.py, adam.py) says which state it keeps and which
+kernel arguments a parameter group gives; everything else is here, once.
+"""
+
+import torch
+
+from .. import schedules as S
+from . import _backend
+
+
+class SparseGradientError(RuntimeError, TypeError):
+    """A sparse gradient reached an optimizer that does not support it. A RuntimeError as
+    torch raises, and a TypeError since it is a wrong kind of input."""
+
+
+_REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def _check_schedule(schedule):
+    if schedule is None:
+        return S.constant()
+    if isinstance(schedule, S.Schedule) or callable(schedule):
+        return schedule
+    raise TypeError(f"schedule must be a fusedsched.schedules schedule, a callable "
+                    f"f(t) -> float, or None, got schedule={schedule!r}")
+
+
+def _device_scalar(value, device):
+    """A 1-element tensor (GradScaler's grad_scale/found_inf) as a 0-dim tensor on device."""
+    if value is None:
+        return None
+    return value.reshape(()).to(device, non_blocking=True)
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose ``step()`` is one kernel call per
+    parameter group (per dtype within a group) with the schedule evaluated in the kernel.
+
+    Per group, ``group["schedule"]`` is the schedule (a ``fusedsched.schedules``
+    schedule, evaluated in the kernel, or any Python callable ``f(t) -> float``,
+    evaluated on the host: that reads the position, a host-device sync, so it is not
+    CUDA-graph capturable) and ``group["schedule_position"]`` the position ``t`` of the
+    next update, a 0-dim float64 tensor on the parameters' device that the kernel
+    advances on every ``step()`` (also one skipped by AMP).
+    """
+
+    algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults, backend):
+        self.backend = _backend.check_name(backend)
+        defaults["schedule"] = _check_schedule(defaults["schedule"])
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    # -- what each algorithm defines ---------------------------------------------------
+    def _check_group(self, group):
+        """Raise ValueError/TypeError for an invalid hyperparameter of ``group``."""
+        raise NotImplementedError
+
+    def _state_keys(self, group):
+        """State tensor keys, in kernel argument order (None where a list is off)."""
+        raise NotImplementedError
+
+    def _kernel_args(self, group, lr):
+        """The kernel call's arguments from a group, its lr and its state lists."""
+        raise NotImplementedError
+
+    # -- param groups ------------------------------------------------------------------
+    def add_param_group(self, param_group):
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        merged = {**self.defaults, **param_group}
+        merged["schedule"] = _check_schedule(merged.get("schedule"))
+        self._check_group(merged)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["schedule"] = merged["schedule"]
+        group.setdefault("schedule_position", torch.zeros((), dtype=torch.float64))
+
+    def get_last_lr(self):
+        """The lr of the latest update of each group (before any step: of the first), as
+        Python floats. Reads the position: a host-device sync on an accelerator."""
+        return [float(lr) * group["schedule"](t)
+                for group, lr, t in self._last_updates()]
+
+    def get_last_momentum(self):
+        """The momentum (beta1 for Adam) of the latest update of each group, as above."""
+        out = []
+        for group, _, t in self._last_updates():
+            scheduled = getattr(group["schedule"], "momentum", lambda t: None)(t)
+            out.append(float(self._group_momentum(group) if scheduled is None else scheduled))
+        return out
+
+    def _last_updates(self):
+        for group in self.param_groups:
+            t = max(int(group["schedule_position"].item()) - 1, 0)
+            yield group, group["lr"], t
+
+    # -- step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient. Everything is checked before
+        anything is written: when this raises, no parameter and no state has changed.
+
+        Honours ``self.grad_scale`` / ``self.found_inf`` set by ``torch.amp.GradScaler``
+        (gradients are unscaled in the kernel; on found_inf nothing is written and only
+        the schedule position advances)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        plans = [self._plan(group) for group in self.param_groups]
+        for group, device, params, backend in plans:
+            self._launch(group, device, params, backend, grad_scale, found_inf)
+        return loss
+
+    def _plan(self, group):
+        """Check one group (no writes); return what its launch needs."""
+        self._check_group(group)
+        params = [p for p in group["params"] if p.grad is not None]
+        device = params[0].device if params else group["schedule_position"].device
+        for p in params:
+            g = p.grad
+            if g.is_sparse:
+                raise SparseGradientError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(a parameter of shape {tuple(p.shape)} has a sparse grad)")
+            if p.dtype not in _REAL_DTYPES + _COMPLEX_DTYPES:
+                raise TypeError(f"{type(self).__name__} supports floating point and complex "
+                                f"parameters, got a parameter of dtype {p.dtype}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grad dtype {g.dtype} differs from its parameter's dtype "
+                                f"{p.dtype} (shape {tuple(p.shape)})")
+            if g.shape != p.shape:
+                raise ValueError(f"grad shape {tuple(g.shape)} differs from its parameter's "
+                                 f"shape {tuple(p.shape)}")
+            if p.device != device or g.device != device:
+                raise ValueError(f"parameters of one group must be on one device, got "
+                                 f"{device} and {p.device if p.device != device else g.device}")
+        return group, device, params, _backend.resolve(self.backend, device)
+
+    def _launch(self, group, device, params, backend, grad_scale, found_inf):
+        position = group["schedule_position"]
+        if position.device != device or position.dtype != torch.float64:
+            position = group["schedule_position"] = position.to(device, torch.float64)
+        schedule = group["schedule"]
+        lr = group["lr"]
+        if not isinstance(schedule, S.Schedule):      # host callable: evaluated here
+            lr = float(lr) * float(schedule(int(position.item())))
+            schedule = S.constant()
+        program = S.program(schedule, device)
+        grad_scale = _device_scalar(grad_scale, device)
+        found_inf = _device_scalar(found_inf, device)
+
+        keys = self._state_keys(group)
+        by_dtype = {}
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float64, device=device)
+            for key in keys:
+                if key is not None and key not in state:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            by_dtype.setdefault(p.dtype, []).append(p)
+        step_fn = _backend.kernel(backend, self.algorithm)
+        if not by_dtype:
+            position.add_(1.0)
+            return
+        for n, (dtype, ps) in enumerate(by_dtype.items()):
+            staged = _Staged()
+            tensors = [staged(p) for p in ps]
+            grads = [staged(p.grad) for p in ps]
+            states = [None if key is None else [staged(self.state[p][key]) for p in ps]
+                      for key in keys]
+            steps = [self.state[p]["step"] for p in ps]
+            step_fn(tensors, grads, *states, steps, **self._kernel_args(group, lr),
+                    schedule=program, position=position, grad_scale=grad_scale,
+                    found_inf=found_inf, advance_position=n == len(by_dtype) - 1)
+            staged.write_back()
+
+    # -- state_dict --------------------------------------------------------------------
+    def state_dict(self):
+        """torch's state_dict, with each group's schedule as plain data (loads with
+        ``torch.load(weights_only=True)``) and its position. A host-callable schedule is
+        saved as ``{"kind": "callable"}``; loading keeps the receiving group's."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            schedule = group["schedule"]
+            group["schedule"] = (schedule.to_spec() if isinstance(schedule, S.Schedule)
+                                 else {"kind": "callable"})
+        return state_dict
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict of this optimizer or of the matching ``torch.optim`` one.
+        Groups missing our keys keep this optimizer's schedule and start at position 0.
+        Checked before anything changes: a wrong number of groups or parameters, or a
+        state tensor of the wrong shape, raises ValueError."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        groups = []
+        for i, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(current["params"]):
+                raise ValueError(f"loaded state dict's group {i} has {len(saved['params'])} "
+                                 f"parameters, this optimizer's has {len(current['params'])}")
+            group = {k: v for k, v in current.items() if k != "params"}
+            group["schedule_position"] = torch.zeros((), dtype=torch.float64)
+            group.update(saved)
+            spec = group["schedule"]
+            group["schedule"] = (current["schedule"] if isinstance(spec, dict)
+                                 and spec.get("kind") == "callable" else
+                                 S.from_spec(spec) if isinstance(spec, dict) else
+                                 _check_schedule(spec))
+            self._check_group(group)
+            for index, param in zip(saved["params"], current["params"]):
+                for key, value in state_dict["state"].get(index, {}).items():
+                    if (key != "step" and isinstance(value, torch.Tensor)
+                            and value.shape != param.shape):
+                        raise ValueError(f"loaded state {key!r} of group {i} has shape "
+                                         f"{tuple(value.shape)}, its parameter "
+                                         f"{tuple(param.shape)}")
+            groups.append(group)
+        super().load_state_dict({**state_dict, "param_groups": groups})
+        for group in self.param_groups:
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            group["schedule_position"] = group["schedule_position"].to(
+                device, torch.float64).clone().reshape(())
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    state["step"] = torch.as_tensor(state["step"]).to(
+                        p.device, torch.float64).clone().reshape(())
+
+    def _group_momentum(self, group):
+        return group.get("momentum", 0.0)
+
+
+class _Staged:
+    """Contiguous, real views of the tensors a kernel writes; a non-contiguous tensor is
+    copied in and written back after the call (rare: parameters are contiguous in
+    practice, and this costs one copy each way only for those)."""
+
+    def __init__(self):
+        self._pending = []
+
+    def __call__(self, tensor):
+        if not tensor.is_contiguous():
+            contiguous = tensor.contiguous()
+            self._pending.append((tensor, contiguous))
+            tensor = contiguous
+        return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+    def write_back(self):
+        for tensor, contiguous in self._pending:
+            tensor.copy_(contiguous)

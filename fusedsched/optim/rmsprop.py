@@ -1,0 +1,64 @@
+"""RMSprop (Hinton, lecture 6e; centered form from Graves 2013) as torch.optim.RMSprop:
+same arguments, defaults, param-group keys and state keys."""
+
+from ._base import FusedOptimizer
+from ._validate import flag, nonnegative
+
+
+class RMSprop(FusedOptimizer):
+    """RMSprop with the learning-rate schedule fused into the kernel.
+
+    Matches ``torch.optim.RMSprop`` (``_single_tensor_rmsprop``) with one deliberate
+    deviation: with ``centered=True`` the variance ``square_avg - grad_avg**2`` is clamped
+    at 0 before the square root; torch's rounding can make it negative and return NaN
+    (public case C9: grad 3.0 for 133 updates).
+
+    Args:
+        params: iterable of tensors or param-group dicts (float16, bfloat16, float32,
+            float64 or complex); math in float32 (float64 for float64 parameters).
+        lr (float or 1-element tensor): base learning rate, >= 0.
+        alpha (float): smoothing constant, >= 0.
+        eps (float): added to the denominator, >= 0.
+        weight_decay (float): L2 penalty, >= 0.
+        momentum (float): momentum factor, >= 0.
+        centered (bool): normalise by the estimated variance of the gradient.
+        maximize (bool): maximise the objective.
+        schedule: a ``fusedsched.schedules`` schedule, a callable ``f(t) -> float``
+            (host-evaluated) or None. ``one_cycle`` / ``cyclic`` with ``cycle_momentum``
+            drive the momentum.
+        backend (str): "auto", "triton", "numba" or "reference".
+
+    State per parameter: ``step`` (0-dim float64 tensor), ``square_avg``, ``grad_avg``
+    (centered) and ``momentum_buffer`` (momentum on).
+
+    Raises:
+        ValueError / TypeError: invalid hyperparameters, naming the argument and value.
+    """
+
+    algorithm = "rmsprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False, schedule=None, backend="auto"):
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                        momentum=momentum, centered=centered, maximize=maximize,
+                        schedule=schedule)
+        super().__init__(params, defaults, backend)
+
+    def _check_group(self, group):
+        nonnegative("lr", group["lr"], "learning rate")
+        nonnegative("eps", group["eps"], "epsilon value")
+        nonnegative("momentum", group["momentum"], "momentum value")
+        nonnegative("weight_decay", group["weight_decay"], "weight_decay value")
+        nonnegative("alpha", group["alpha"], "alpha value")
+        flag("centered", group["centered"])
+        flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        momentum_on = group["momentum"] > 0 or getattr(group["schedule"], "cycles_momentum", False)
+        return ["square_avg", "grad_avg" if group["centered"] else None,
+                "momentum_buffer" if momentum_on else None]
+
+    def _kernel_args(self, group, lr):
+        return dict(lr=lr, alpha=group["alpha"], eps=group["eps"],
+                    weight_decay=group["weight_decay"], momentum=group["momentum"],
+                    centered=group["centered"], maximize=group["maximize"])

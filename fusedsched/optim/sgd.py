@@ -1,0 +1,81 @@
+"""SGD, with momentum, dampening and Nesterov, as torch.optim.SGD: same arguments,
+defaults, param-group keys and state keys (``momentum_buffer``)."""
+
+from ._base import FusedOptimizer
+from ._validate import flag, in_range, nonnegative
+
+
+class SGD(FusedOptimizer):
+    """Stochastic gradient descent with the learning-rate schedule fused into the kernel.
+
+    Matches ``torch.optim.SGD`` (``_single_tensor_sgd``; Nesterov as Sutskever et al.
+    2013): the k-th ``step()`` uses ``lr * schedule(k - 1)``; the momentum buffer takes
+    the gradient itself on a parameter's first applied update.
+
+    Args:
+        params: iterable of tensors or param-group dicts (float16, bfloat16, float32,
+            float64 or complex); math in float32 (float64 for float64 parameters).
+        lr (float or 1-element tensor): base learning rate, >= 0.
+        momentum (float): momentum factor, >= 0.
+        dampening (float): dampening for momentum.
+        weight_decay (float): L2 penalty, >= 0.
+        nesterov (bool): Nesterov momentum; needs momentum > 0 and dampening 0.
+        maximize (bool): maximise the objective.
+        schedule: a ``fusedsched.schedules`` schedule, a callable ``f(t) -> float``
+            (host-evaluated) or None. ``one_cycle`` / ``cyclic`` with ``cycle_momentum``
+            drive the momentum, as torch's OneCycleLR / CyclicLR do.
+        backend (str): "auto", "triton", "numba" or "reference".
+
+    State per parameter: ``step`` (0-dim float64 tensor, applied updates; torch's SGD
+    ignores this key) and ``momentum_buffer`` when momentum is on.
+
+    Raises:
+        ValueError / TypeError: invalid hyperparameters, naming the argument and value.
+    """
+
+    algorithm = "sgd"
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, schedule=None, backend="auto"):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                        schedule=schedule)
+        super().__init__(params, defaults, backend)
+
+    def _check_group(self, group):
+        nonnegative("lr", group["lr"], "learning rate")
+        nonnegative("momentum", group["momentum"], "momentum value")
+        in_range("dampening", group["dampening"], "dampening value", 0.0, 1.0, high_open=False)
+        nonnegative("weight_decay", group["weight_decay"], "weight_decay value")
+        flag("nesterov", group["nesterov"])
+        flag("maximize", group["maximize"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening, got "
+                             f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+
+    def _momentum_on(self, group):
+        return group["momentum"] != 0 or getattr(group["schedule"], "cycles_momentum", False)
+
+    def _state_keys(self, group):
+        return ["momentum_buffer" if self._momentum_on(group) else None]
+
+    def _kernel_args(self, group, lr):
+        return dict(lr=lr, momentum=group["momentum"], dampening=group["dampening"],
+                    weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                    maximize=group["maximize"])
+
+
+class Momentum(SGD):
+    """SGD with momentum (``SGD`` with ``momentum > 0`` required, default 0.9).
+    Arguments, state and errors as ``SGD``; ``momentum <= 0`` raises ValueError."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, schedule=None, backend="auto"):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, schedule=schedule, backend=backend)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not group["momentum"] > 0:
+            raise ValueError(f"Invalid momentum value: Momentum requires momentum > 0, "
+                             f"got momentum={group['momentum']!r}")

@@ -1,0 +1,50 @@
+"""Adam / AdamW update, pure torch: the specification the Numba and Triton kernels follow.
+
+Operation order of torch's ``_single_tensor_adam`` (torch/optim/adam.py), with
+``lr`` replaced by ``lr * f(t)`` and beta1 by the schedule's momentum when it cycles it.
+"""
+
+import torch
+
+from ._common import advance, as_scalar, load_grad, math_dtype, schedule_scalars, skip_mask, store
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
+              beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
+              position, grad_scale=None, found_inf=None, advance_position=True):
+    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+    if not params:
+        if advance_position:
+            position.add_(1.0)
+        return
+    lr_t, beta1_t = schedule_scalars(schedule, position, lr, beta1)
+    beta2_t = as_scalar(beta2, position.device)
+    skip = skip_mask(found_inf)
+    for i, param in enumerate(params):
+        dtype = math_dtype(param.dtype)
+        step = steps[i] + 1
+        bias_correction1 = 1 - beta1_t ** step
+        bias_correction2 = 1 - beta2_t ** step
+        step_size = (lr_t / bias_correction1).to(dtype)
+        bias_correction2_sqrt = bias_correction2.sqrt().to(dtype)
+
+        p = param.to(dtype)
+        grad = load_grad(grads[i], dtype, grad_scale, skip, maximize)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                p = p * (1 - lr_t * weight_decay).to(dtype)
+            else:
+                grad = grad + weight_decay * p
+        exp_avg = torch.lerp(exp_avgs[i].to(dtype), grad, (1 - beta1_t).to(dtype))
+        exp_avg_sq = exp_avg_sqs[i].to(dtype) * beta2_t.to(dtype) + (1 - beta2_t).to(dtype) * grad * grad
+        if amsgrad:
+            max_exp_avg_sq = torch.maximum(max_exp_avg_sqs[i].to(dtype), exp_avg_sq)
+            denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+            store(max_exp_avg_sqs[i], max_exp_avg_sq, skip)
+        else:
+            denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+        p = p + (-step_size) * exp_avg / denom
+        store(exp_avgs[i], exp_avg, skip)
+        store(exp_avg_sqs[i], exp_avg_sq, skip)
+        store(param, p, skip)
+    advance(steps, position, skip, advance_position)

@@ -1,0 +1,48 @@
+"""RMSprop update, pure torch: the specification the Numba and Triton kernels follow.
+
+Operation order of torch's ``_single_tensor_rmsprop`` (torch/optim/rmsprop.py; Hinton's
+lecture 6e, centered form from Graves 2013), with ``lr`` replaced by ``lr * f(t)`` and
+``momentum`` by the schedule's when it cycles it. One deliberate deviation: the centered
+variance ``square_avg - grad_avg**2`` is clamped at 0 before the square root, where
+torch's rounding can make it negative and produce NaN (case C9).
+"""
+
+import torch
+
+from ._common import advance, as_scalar, load_grad, math_dtype, schedule_scalars, skip_mask, store
+
+
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
+                 alpha, eps, weight_decay, momentum, centered, maximize, schedule, position,
+                 grad_scale=None, found_inf=None, advance_position=True):
+    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+    if not params:
+        if advance_position:
+            position.add_(1.0)
+        return
+    lr_t, momentum_t = schedule_scalars(schedule, position, lr, momentum)
+    alpha_t = as_scalar(alpha, position.device)
+    skip = skip_mask(found_inf)
+    for i, param in enumerate(params):
+        dtype = math_dtype(param.dtype)
+        p = param.to(dtype)
+        grad = load_grad(grads[i], dtype, grad_scale, skip, maximize)
+        if weight_decay != 0:
+            grad = grad + weight_decay * p
+        square_avg = square_avgs[i].to(dtype) * alpha_t.to(dtype) + (1 - alpha_t).to(dtype) * grad * grad
+        if centered:
+            grad_avg = torch.lerp(grad_avgs[i].to(dtype), grad, (1 - alpha_t).to(dtype))
+            avg = (square_avg - grad_avg * grad_avg).clamp_min(0).sqrt()
+            store(grad_avgs[i], grad_avg, skip)
+        else:
+            avg = square_avg.sqrt()
+        avg = avg + eps
+        if momentum_buffers is not None:
+            buf = momentum_buffers[i].to(dtype) * momentum_t.to(dtype) + grad / avg
+            p = p + (-lr_t).to(dtype) * buf
+            store(momentum_buffers[i], buf, skip)
+        else:
+            p = p + (-lr_t).to(dtype) * grad / avg
+        store(square_avgs[i], square_avg, skip)
+        store(param, p, skip)
+    advance(steps, position, skip, advance_position)

@@ -1,0 +1,100 @@
+"""Drive torch.optim (+ LambdaLR or the matching torch scheduler) and fusedsched side by
+side on the same parameters and gradients: the oracle of DESIGN section 5, step 2."""
+
+import torch
+
+import fusedsched as fs
+from fusedsched import schedules as S
+
+TORCH_CLASS = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
+               "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
+               "adamw": torch.optim.AdamW}
+OURS_CLASS = {"sgd": fs.SGD, "momentum": fs.Momentum, "rmsprop": fs.RMSprop,
+              "adam": fs.Adam, "adamw": fs.AdamW}
+
+SHAPES = [(5, 3), (0,), (7,), (2, 1, 3)]
+
+
+def make_params(dtype, shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+def grads_for(step, params, seed=1):
+    g = torch.Generator().manual_seed(seed * 100003 + step)
+    return [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) for p in params]
+
+
+def torch_scheduler(opt, schedule, lr):
+    """The torch scheduler that reproduces ``schedule`` on ``opt`` (whose lr is ``lr``):
+    torch's own OneCycleLR / CyclicLR for the momentum-cycling kinds (LambdaLR cannot cycle
+    momentum), LambdaLR for everything else."""
+    if isinstance(schedule, S.Schedule) and schedule.cycles_momentum:
+        spec = schedule.to_spec()
+        kind = spec["kind"]
+        if kind == "one_cycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=lr, total_steps=spec["total_steps"], pct_start=spec["pct_start"],
+                anneal_strategy=spec["anneal"], div_factor=spec["div_factor"],
+                final_div_factor=spec["final_div_factor"], three_phase=spec["three_phase"],
+                cycle_momentum=True, base_momentum=spec["base_momentum"],
+                max_momentum=spec["max_momentum"])
+        if kind == "cyclic":
+            return torch.optim.lr_scheduler.CyclicLR(
+                opt, base_lr=spec["base_factor"] * lr, max_lr=lr,
+                step_size_up=spec["step_size_up"], step_size_down=spec["step_size_down"],
+                mode=spec["mode"], gamma=spec["gamma"], cycle_momentum=True,
+                base_momentum=spec["base_momentum"], max_momentum=spec["max_momentum"])
+        raise AssertionError(f"no torch scheduler for {schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t))
+
+
+def run_pair(name, config, schedule, *, dtype=torch.float64, steps=35, backend="reference",
+             shapes=SHAPES, torch_extra=None):
+    """Run torch and fusedsched for ``steps`` updates; return (torch_opt, ours_opt,
+    torch_params, our_params)."""
+    config = dict(config)
+    lr = config.pop("lr", 0.05)
+    base = make_params(dtype, shapes)
+    theirs = [p.clone().requires_grad_() for p in base]
+    ours = [p.clone().requires_grad_() for p in base]
+    torch_config = dict(config, **(torch_extra or {}))
+    if name == "momentum":
+        torch_config.setdefault("momentum", 0.9)
+    t_opt = TORCH_CLASS[name](theirs, lr=lr, **torch_config)
+    sched = torch_scheduler(t_opt, schedule, lr)
+    o_opt = OURS_CLASS[name](ours, lr=lr, schedule=schedule, backend=backend, **config)
+    for k in range(steps):
+        for p, q, g in zip(theirs, ours, grads_for(k, base)):
+            p.grad = g.clone()
+            q.grad = g.clone()
+        t_opt.step()
+        sched.step()
+        o_opt.step()
+    return t_opt, o_opt, theirs, ours
+
+
+def max_rel_error(a, b):
+    """Largest |a - b| / max(|a|, 1e-8) over elements (0 for empty tensors); the floor
+    keeps values that cancel to ~0 (a momentum buffer) from dividing by nothing."""
+    a = a.detach().to(torch.float64)
+    b = b.detach().to(torch.float64)
+    if a.numel() == 0:
+        return 0.0
+    return float(((a - b).abs() / a.abs().clamp_min(1e-8)).max())
+
+
+def compare_states(t_opt, o_opt, theirs, ours):
+    """Largest relative error over parameters and every torch state key."""
+    worst = 0.0
+    for p, q in zip(theirs, ours):
+        worst = max(worst, max_rel_error(p, q))
+        t_state, o_state = t_opt.state[p], o_opt.state[q]
+        for key, value in t_state.items():
+            assert key in o_state, f"state key {key!r} missing"
+            if key == "step":
+                assert float(value) == float(o_state[key]), (key, value, o_state[key])
+            else:
+                assert value.shape == o_state[key].shape and value.dtype == o_state[key].dtype
+                worst = max(worst, max_rel_error(value, o_state[key]))
+    return worst

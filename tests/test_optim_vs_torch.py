@@ -1,0 +1,121 @@
+"""Oracle chain step 2: fusedsched against torch.optim driven by LambdaLR (or torch's
+OneCycleLR / CyclicLR for the momentum-cycling schedules), in float64, every flag, every
+schedule kind, 35 updates; parameters and every torch state key to 1e-10 relative.
+Backends: reference and numba (numba is also checked against the reference per dtype in
+test_numba_kernels.py)."""
+
+import pytest
+import torch
+
+from fusedsched import schedules as S
+
+from _torch_oracle import compare_states, run_pair
+
+CONFIGS = {
+    "sgd": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
+            {"momentum": 0.9, "dampening": 0.5}, {"momentum": 0.5, "weight_decay": 0.1},
+            {"maximize": True, "momentum": 0.9, "weight_decay": 0.1}],
+    "momentum": [{}, {"nesterov": True, "weight_decay": 0.01}],
+    "rmsprop": [{}, {"centered": True}, {"momentum": 0.9}, {"alpha": 0.9, "eps": 1e-6},
+                {"centered": True, "momentum": 0.5, "weight_decay": 0.1},
+                {"maximize": True, "weight_decay": 0.05}],
+    "adam": [{}, {"amsgrad": True}, {"weight_decay": 0.1},
+             {"weight_decay": 0.1, "decoupled_weight_decay": True},
+             {"maximize": True, "amsgrad": True, "weight_decay": 0.05},
+             {"betas": (0.8, 0.99), "eps": 1e-6}],
+    "adamw": [{}, {"amsgrad": True, "weight_decay": 0.5}, {"maximize": True}],
+}
+CASES = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
+
+SCHEDULES = {
+    "constant": S.constant(0.7),
+    "linear": S.linear(0.25, 1.0, 10),
+    "step_decay": S.step_decay(7, gamma=0.5),
+    "multistep": S.multistep([5, 12, 12, 30], gamma=0.5),
+    "exponential": S.exponential(0.95),
+    "polynomial": S.polynomial(total_steps=25, power=2.0),
+    "cosine": S.cosine(total_steps=20, end_factor=0.1),
+    "cosine_restarts": S.cosine_restarts(5, cycle_mult=2, end_factor=0.05),
+    "inverse_sqrt": S.inverse_sqrt(6),
+    "wsd": S.warmup_stable_decay(5, 10, 12, decay="cosine", end_factor=0.1),
+    "warmup_cosine": S.warmup(S.cosine(total_steps=25), warmup_steps=6),
+    "sequential": S.sequential([S.linear(0.1, 1.0, 4), S.exponential(0.9),
+                                S.warmup(S.constant(0.5), 3)], milestones=[4, 20]),
+}
+CYCLING = {
+    "one_cycle": S.one_cycle(total_steps=40),
+    "one_cycle_3phase_linear": S.one_cycle(total_steps=40, pct_start=0.25, anneal="linear",
+                                           three_phase=True),
+    "cyclic_triangular2": S.cyclic(0.2, step_size_up=4, step_size_down=6, mode="triangular2"),
+    "cyclic_exp_range": S.cyclic(0.3, step_size_up=5, mode="exp_range", gamma=0.97),
+}
+
+BACKENDS = ["reference", "numba"]
+TOL = 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,config", CASES, ids=[f"{n}-{i}" for n, c in CONFIGS.items()
+                                                    for i in range(len(c))])
+def test_every_flag_fp64(backend, name, config):
+    t_opt, o_opt, theirs, ours = run_pair(name, config, SCHEDULES["warmup_cosine"],
+                                          backend=backend)
+    assert compare_states(t_opt, o_opt, theirs, ours) <= TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("name", ["momentum", "rmsprop", "adam"])
+def test_every_schedule_fp64(backend, schedule, name):
+    config = {"centered": True, "momentum": 0.5} if name == "rmsprop" else {}
+    t_opt, o_opt, theirs, ours = run_pair(name, config, SCHEDULES[schedule], backend=backend)
+    assert compare_states(t_opt, o_opt, theirs, ours) <= TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("schedule", list(CYCLING))
+@pytest.mark.parametrize("name,config", [("sgd", {"momentum": 0.9}), ("sgd", {}),
+                                         ("rmsprop", {"momentum": 0.9}), ("adam", {}),
+                                         ("adamw", {"amsgrad": True})])
+def test_momentum_cycling_fp64(backend, schedule, name, config):
+    """one_cycle / cyclic drive momentum (beta1 for Adam) as torch's OneCycleLR/CyclicLR."""
+    t_opt, o_opt, theirs, ours = run_pair(name, config, CYCLING[schedule], backend=backend)
+    assert compare_states(t_opt, o_opt, theirs, ours) <= TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_callable_schedule(backend):
+    """A plain Python callable is evaluated on the host and equals LambdaLR."""
+    t_opt, o_opt, theirs, ours = run_pair("adam", {}, lambda t: 1.0 / (1 + t), backend=backend)
+    assert compare_states(t_opt, o_opt, theirs, ours) <= TOL
+    assert o_opt.get_last_lr() == pytest.approx([0.05 / 35])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_get_last_lr_matches_torch(backend):
+    schedule = SCHEDULES["warmup_cosine"]
+    t_opt, o_opt, *_ = run_pair("sgd", {"momentum": 0.9}, schedule, backend=backend, steps=9)
+    assert o_opt.get_last_lr() == pytest.approx([0.05 * schedule(8)], rel=1e-15)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fp32_no_farther_than_torch_fused(name):
+    """Oracle step 4: fp32 distance from torch's for-loop is no larger than torch's own
+    fused=True distance (on the CPU, where torch has a fused kernel)."""
+    config = {"momentum": 0.9} if name == "sgd" else {}
+    shapes = [(257, 33), (1000,), (0,)]
+    schedule = SCHEDULES["warmup_cosine"]
+    t_loop, o_opt, loop_params, ours = run_pair(name, config, schedule, dtype=torch.float32,
+                                                backend="numba", shapes=shapes,
+                                                torch_extra={"foreach": False})
+    _, _, _, fused_params = run_pair(name, config, schedule, dtype=torch.float32,
+                                     backend="reference", shapes=shapes)
+    t_fused, _, fused_torch, _ = run_pair(name, config, schedule, dtype=torch.float32,
+                                          shapes=shapes, torch_extra={"fused": True})
+    dist = lambda a, b: max(float((x.double() - y.double()).abs().max(initial=0)) for x, y in zip(a, b))
+    torch_fused = dist(loop_params, fused_torch)
+    # torch's fused and for-loop paths may agree bit for bit on the CPU; then one fp32 ulp
+    # of the parameters' scale is the yardstick instead of 0.
+    yardstick = max(torch_fused, 2 * torch.finfo(torch.float32).eps * 3.0)
+    assert dist(loop_params, ours) <= yardstick
+    assert dist(loop_params, fused_params) <= yardstick
