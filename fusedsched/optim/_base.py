@@ -15,6 +15,10 @@ class SparseGradientError(RuntimeError, TypeError):
     torch raises, and a TypeError since it is a wrong kind of input."""
 
 
+# The program a host-callable schedule runs with (its factor goes into lr); one object so
+# that S.program's per-device cache hits every step.
+_UNIT = S.constant()
+
 _REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
@@ -153,7 +157,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         lr = group["lr"]
         if not isinstance(schedule, S.Schedule):      # host callable: evaluated here
             lr = float(lr) * float(schedule(int(position.item())))
-            schedule = S.constant()
+            schedule = _UNIT
         program = S.program(schedule, device)
         grad_scale = _device_scalar(grad_scale, device)
         found_inf = _device_scalar(found_inf, device)
