@@ -1,6 +1,6 @@
 """``fusedsched demo``: the same training run with fusedsched.AdamW and with torch.optim.AdamW.
 
-A 64-128-10 MLP is trained full-batch on scikit-learn's ``load_digits`` (real data shipped
+A 64-128-10 MLP (GELU) is trained full-batch on scikit-learn's ``load_digits`` (real data shipped
 with scikit-learn: no download), twice from the same initialisation:
 
 (a) ``fusedsched.AdamW(..., schedule=S.warmup(S.cosine(total_steps=N - W), warmup_steps=W))``:
@@ -40,15 +40,20 @@ from pathlib import Path
 LR_TOL = 1e-12
 # PARAM_TOL: the parameters are float32 and both optimizers do the same fp32 operations, but
 # not bit-identically (fusedsched computes the per-step scalars in fp64 inside the kernel and
-# may order the fused operations differently from torch's for-loop AdamW); each step can
-# differ by an ulp or so, which is ~1e-7 relative, and the (non-chaotic, full-batch) training
-# dynamics carry that over N steps to ~1e-6..1e-5 absolute on weights of size ~0.1-1. 1e-4 is
-# an order of magnitude above what we measure (see the "yardstick" line: torch's own
-# fused=True AdamW differs from its for-loop by the same order) and far below any real bug
-# (a wrong bias correction or lr shifts weights by >= 1e-3).
-PARAM_TOL = 1e-4
-# LOSS_TOL: the train-loss curves, recorded at every step, same reasoning as PARAM_TOL.
-LOSS_TOL = 1e-4
+# may order or contract the fused operations differently from torch's for-loop AdamW). Each
+# step can differ by an ulp (~1e-9 on these weights); the smooth (GELU), full-batch training
+# carries that to a few 1e-7 after 300 steps, which is also how far torch's own fused=True
+# AdamW ends from its for-loop on the same run (the "yardstick", DESIGN 5.4). 1e-5 is 25x
+# that and far below any real bug (a wrong bias correction, eps or lr moves weights by
+# >= 1e-3). The check allows max(PARAM_TOL, 10 x yardstick): when the run itself amplifies
+# rounding more (other --seed/--steps), torch's two paths drift apart by as much.
+# (With ReLU a sample's pre-activation can cross the kink in one run and not the other, a
+# discrete jump in the gradient: both comparisons then drift to ~5e-5. Hence GELU.)
+PARAM_TOL = 1e-5
+YARDSTICK_FACTOR = 10.0
+# LOSS_TOL: the train loss at every step (values 2.3 .. 1e-3, fp32 ulp <= 2.4e-7); same
+# reasoning as PARAM_TOL.
+LOSS_TOL = 1e-5
 
 DEFAULT_OUT = "demo_out"
 DEFAULT_STEPS = 300
@@ -94,7 +99,7 @@ def make_model(seed: int):
     from torch import nn
 
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10))
+    return nn.Sequential(nn.Linear(64, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, 10))
 
 
 def torch_warmup_cosine(opt, warmup: int, total: int):
@@ -176,7 +181,23 @@ def run_fusedsched(init, data, steps, warmup):
     schedule = S.warmup(S.cosine(total_steps=steps - warmup), warmup_steps=warmup)
     opt = fs.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, schedule=schedule)
     res = train(model, opt, None, data, steps, lambda o: o.get_last_lr()[0])
+    res["backend"] = _backend_name(opt)
     return model, res, schedule
+
+
+def _backend_name(opt) -> str:
+    """'auto -> numba'-style description of the backend that served the CPU parameters."""
+    import os
+
+    import torch
+
+    requested = os.environ.get("FUSEDSCHED_BACKEND") or opt.backend
+    try:  # best effort: the resolver is internal
+        from fusedsched.optim import _backend
+
+        return f"{opt.backend} -> {_backend.resolve(opt.backend, torch.device('cpu'))}"
+    except Exception:  # noqa: BLE001
+        return requested
 
 
 def run_torch(init, data, steps, warmup, fused=None):
@@ -213,16 +234,16 @@ def plot(path: Path, a: dict, b: dict, steps: int, warmup: int) -> None:
     ax_loss.set_yscale("log")
     ax_loss.set_title("train loss")
     ax_lr.set_title(f"lr: linear warmup ({warmup} steps) then cosine")
-    fig.suptitle(f"fusedsched demo: 64-{HIDDEN}-10 MLP on sklearn digits, AdamW, "
+    fig.suptitle(f"fusedsched demo: 64-{HIDDEN}-10 GELU MLP on sklearn digits, AdamW, "
                  f"{steps} full-batch steps")
     fig.savefig(path)
 
 
-def report(console, a, b, yard, d_lr, d_param, d_loss, steps, ok) -> None:
+def report(console, a, b, yard, d_lr, d_param, param_tol, d_loss, steps, ok) -> None:
     from rich.table import Table
 
     us = lambda s: f"{s * 1e6:,.1f}"  # noqa: E731
-    t = Table(title=f"AdamW + warmup/cosine, {steps} steps, digits 64-{HIDDEN}-10 MLP (fp32)",
+    t = Table(title=f"AdamW + warmup/cosine, {steps} steps, digits 64-{HIDDEN}-10 GELU MLP, fp32",
               caption="train loss: after the last step; step: median over steps 2..N of "
                       "time.perf_counter around opt.step(); +sched: plus sched.step()")
     t.add_column("run")
@@ -235,8 +256,9 @@ def report(console, a, b, yard, d_lr, d_param, d_loss, steps, ok) -> None:
     t.add_row("torch.optim.AdamW", f"{b['final_loss']:.6f}", f"{b['test_acc']:.2%}",
               us(b["step_s"]), us(b["step_sched_s"]))
     console.print(t)
-    console.print(f"step 1 (state allocation; Numba JIT compile for fusedsched): "
-                  f"fusedsched {a['first_step_s']:.3f} s, torch {b['first_step_s']:.3f} s")
+    console.print(f"fusedsched backend: {a['backend']}; step 1 (state allocation, and the "
+                  f"kernel's JIT compile unless cached): fusedsched {a['first_step_s']:.3f} s, "
+                  f"torch {b['first_step_s']:.3f} s")
 
     g = Table(title="agreement of the two runs")
     g.add_column("quantity")
@@ -244,9 +266,10 @@ def report(console, a, b, yard, d_lr, d_param, d_loss, steps, ok) -> None:
     g.add_column("tolerance", justify="right")
     g.add_column("ok")
     mark = lambda v, tol: "[green]yes[/]" if v <= tol else "[red]NO[/]"  # noqa: E731
-    g.add_row("lr, every step", f"{d_lr:.3e}", f"{LR_TOL:.0e}", mark(d_lr, LR_TOL))
-    g.add_row("parameters, final", f"{d_param:.3e}", f"{PARAM_TOL:.0e}", mark(d_param, PARAM_TOL))
-    g.add_row("train loss, every step", f"{d_loss:.3e}", f"{LOSS_TOL:.0e}", mark(d_loss, LOSS_TOL))
+    g.add_row("lr, every step", f"{d_lr:.3e}", f"{LR_TOL:.1e}", mark(d_lr, LR_TOL))
+    g.add_row("parameters, final", f"{d_param:.3e}", f"{param_tol:.1e}", mark(d_param, param_tol))
+    g.add_row("train loss, every step", f"{d_loss:.3e}", f"{LOSS_TOL:.1e}",
+              mark(d_loss, LOSS_TOL))
     console.print(g)
     if yard is not None:
         console.print(f"yardstick: torch's own AdamW fused=True vs for-loop: "
@@ -298,20 +321,22 @@ def run(args: argparse.Namespace) -> int:
     d_lr = max(d_lr, d_lr_ref)
     d_param = max_param_diff(model_a, model_b)
     d_loss = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
-    ok = (d_lr <= LR_TOL and d_param <= PARAM_TOL and d_loss <= LOSS_TOL
+    param_tol = max(PARAM_TOL, YARDSTICK_FACTOR * (yard or 0.0))
+    ok = (d_lr <= LR_TOL and d_param <= param_tol and d_loss <= LOSS_TOL
           and all(math.isfinite(v) for v in a["losses"]))
 
     plot(out / "demo.png", a, b, steps, warmup)
-    report(console, a, b, yard, d_lr, d_param, d_loss, steps, ok)
+    report(console, a, b, yard, d_lr, d_param, param_tol, d_loss, steps, ok)
     summary = {
         "steps": steps, "warmup": warmup, "seed": args.seed, "lr": LR,
         "weight_decay": WEIGHT_DECAY, "torch": torch.__version__,
+        "fusedsched_backend": a["backend"],
         "runs": {name: {k: r[k] for k in ("final_loss", "test_acc", "step_s", "step_sched_s",
                                            "first_step_s")}
                  for name, r in (("fusedsched", a), ("torch", b))},
         "max_abs_lr_diff": d_lr, "max_abs_param_diff": d_param, "max_abs_loss_diff": d_loss,
         "yardstick_torch_fused_vs_forloop_param_diff": yard,
-        "tolerances": {"lr": LR_TOL, "param": PARAM_TOL, "loss": LOSS_TOL},
+        "tolerances": {"lr": LR_TOL, "param": param_tol, "loss": LOSS_TOL},
         "agree": ok,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
