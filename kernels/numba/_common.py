@@ -1,0 +1,327 @@
+"""What the Numba kernels of all algorithms share: raw pointers, storage dtypes, threads,
+the chunked walk over a tensor list, and the Python-side packing of a call.
+
+Storage types inside the kernels (the *marker* is a zero scalar of that type, passed so that
+Numba specialises the kernel per storage dtype):
+
+* float32 -> float32, float64 -> float64 (math in the same type);
+* float16 -> uint16 bit patterns, bfloat16 -> int16 bit patterns (the two 16-bit formats
+  are told apart by signedness only); math in float32, conversions round to nearest even
+  and keep inf, NaN and subnormals.
+
+Nothing is compiled at import: every kernel is a lazy, cached (``cache=True``) dispatcher.
+"""
+
+import math
+import os
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic, overload
+
+# Elements per parallel work item. Chunks run over the concatenation of all tensors of the
+# call, so a list of many small tensors packs into few chunks.
+CHUNK = 1 << 16
+
+JIT = dict(cache=True, error_model="numpy")
+PJIT = dict(cache=True, error_model="numpy", parallel=True)
+
+
+# ----------------------------------------------------------------------------- pointers
+
+@intrinsic
+def address_as_pointer(typingctx, address, marker):
+    """int64 address -> typed pointer ``marker_type*`` (use with ``numba.carray``)."""
+    if not isinstance(address, types.Integer) or not isinstance(marker, (types.Float, types.Integer)):
+        return None
+    ptrty = types.CPointer(marker)
+    sig = ptrty(address, marker)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptrty))
+
+    return sig, codegen
+
+
+@njit(**JIT)
+def f64_at(address):
+    """A length-1 float64 array over the scalar at ``address`` (steps, position)."""
+    return carray(address_as_pointer(address, 0.0), 1)
+
+
+@intrinsic
+def _f32_to_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_to_f32(typingctx, x):
+    if x != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+# ------------------------------------------------------------------ 16-bit conversions
+
+@njit(**JIT)
+def half_to_float(h):
+    """IEEE binary16 bits -> float32 (exact)."""
+    u = np.int64(h) & 0xFFFF
+    sign = (u & 0x8000) << 16
+    em = u & 0x7FFF
+    bits = (em << 13) + (112 << 23)                      # normal: rebias the exponent
+    if em >= 0x7C00:
+        bits = (em << 13) | 0x7F800000                   # inf / NaN (payload kept)
+    f = _bits_to_f32(np.uint32(bits | sign))
+    if em < 0x0400:                                      # zero / subnormal: em * 2**-24
+        f = np.float32(em) * np.float32(5.9604644775390625e-08)
+        if sign != 0:
+            f = -f
+    return f
+
+
+@njit(**JIT)
+def float_to_half(f):
+    """float32 -> IEEE binary16 bits, round to nearest even; NaN -> quiet NaN."""
+    u = np.int64(_f32_to_bits(f))
+    sign = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    # normal range: rebias, round to nearest even on the 13 dropped bits; a carry into the
+    # exponent (including up to inf at >= 65520) is the correct result.
+    normal = (a - (112 << 23) + 0xFFF + ((a >> 13) & 1)) >> 13
+    # subnormal range (< 2**-14): add 0.5 so that the float adder rounds the 10 kept bits
+    # (round to nearest even), then take the low mantissa bits.
+    sub = np.int64(_f32_to_bits(_bits_to_f32(np.uint32(a)) + np.float32(0.5))) - 0x3F000000
+    h = normal
+    if a < (113 << 23):
+        h = sub
+    if a >= (143 << 23):                                  # >= 65536, inf, NaN
+        h = 0x7C00
+        if a > 0x7F800000:
+            h = 0x7E00
+    return np.uint16(h | sign)
+
+
+@njit(**JIT)
+def bf16_to_float(h):
+    """bfloat16 bits (int16 storage) -> float32 (exact)."""
+    return _bits_to_f32(np.uint32((np.int64(h) & 0xFFFF) << 16))
+
+
+@njit(**JIT)
+def float_to_bf16(f):
+    """float32 -> bfloat16 bits, round to nearest even; NaN -> quiet NaN."""
+    u = np.int64(_f32_to_bits(f))
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        r = (u >> 16) | 0x40
+    return np.int16(np.int32(r & 0xFFFF) - ((r & 0x8000) << 1))
+
+
+# --------------------------------------------------------------- generic load / store
+
+def load(a, i):
+    """Element ``i`` of storage array ``a`` in its math type."""
+
+
+def store(a, i, x):
+    """Round math value ``x`` to the storage type of ``a`` and write it at ``i``."""
+
+
+def ct(x, marker):
+    """``x`` cast to the math type of storage ``marker`` (float64 for float64, else float32)."""
+
+
+@overload(load)
+def _ol_load(a, i):
+    dt = a.dtype
+    if dt in (types.float32, types.float64):
+        return lambda a, i: a[i]
+    if dt == types.uint16:
+        return lambda a, i: half_to_float(a[i])
+    if dt == types.int16:
+        return lambda a, i: bf16_to_float(a[i])
+
+
+@overload(store)
+def _ol_store(a, i, x):
+    dt = a.dtype
+    if dt == types.float32:
+        def impl(a, i, x):
+            a[i] = np.float32(x)
+    elif dt == types.float64:
+        def impl(a, i, x):
+            a[i] = np.float64(x)
+    elif dt == types.uint16:
+        def impl(a, i, x):
+            a[i] = float_to_half(np.float32(x))
+    elif dt == types.int16:
+        def impl(a, i, x):
+            a[i] = float_to_bf16(np.float32(x))
+    else:
+        return None
+    return impl
+
+
+@overload(ct)
+def _ol_ct(x, marker):
+    if marker == types.float64:
+        return lambda x, marker: np.float64(x)
+    return lambda x, marker: np.float32(x)
+
+
+@njit(**JIT)
+def view(address, n, marker):
+    """The storage array of ``n`` elements at ``address``."""
+    return carray(address_as_pointer(address, marker), n)
+
+
+@njit(**JIT)
+def n_chunks(offsets):
+    return (offsets[offsets.shape[0] - 1] + CHUNK - 1) // CHUNK
+
+
+@njit(**JIT)
+def first_tensor(offsets, lo):
+    """Index of the tensor holding global element ``lo`` (empty tensors are skipped)."""
+    return np.searchsorted(offsets, lo, side="right") - 1
+
+
+@njit(**JIT)
+def read_steps(ptrs, column):
+    """The per-tensor ``step`` values (float64) read through the address column."""
+    n = ptrs.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = f64_at(ptrs[i, column])[0]
+    return out
+
+
+@njit(**JIT)
+def finish(ptrs, column, found_inf, pos, t, advance_position):
+    """Counters after the update: each ``step`` += 1 unless skipped; ``position`` += 1."""
+    if not found_inf:
+        for i in range(ptrs.shape[0]):
+            s = f64_at(ptrs[i, column])
+            s[0] = s[0] + 1.0
+    if advance_position:
+        pos[0] = t + 1.0
+
+
+# ------------------------------------------------------------------ Python-side packing
+
+_MARKERS = {
+    torch.float32: np.float32(0),
+    torch.float64: np.float64(0),
+    torch.float16: np.uint16(0),
+    torch.bfloat16: np.int16(0),
+}
+
+_threads_set = None
+
+
+def setup_threads():
+    """Numba's pool follows ``torch.get_num_threads()``. The threading layer defaults to
+    OpenMP first (unless NUMBA_THREADING_LAYER chooses), then TBB, then workqueue; numba
+    fixes the layer at the first parallel launch of the process."""
+    global _threads_set
+    if _threads_set is None and "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if n != _threads_set:
+        numba.set_num_threads(n)
+        _threads_set = n
+
+
+def scalar(x) -> float:
+    """A Python float or a one-element CPU tensor as a float."""
+    return float(x)
+
+
+def marker_of(params):
+    dtype = params[0].dtype
+    try:
+        return _MARKERS[dtype]
+    except KeyError:
+        raise TypeError(f"numba backend: unsupported dtype {dtype}") from None
+
+
+def pack(params, lists, steps):
+    """(address table int64[n, len(lists) + 2], offsets int64[n + 1]).
+
+    Columns: params, then each list of ``lists`` (None -> address 0), then ``steps``.
+    Checks what the raw-pointer kernel relies on: CPU, one dtype, contiguous, equal sizes.
+    """
+    n = len(params)
+    k = len(lists)
+    rows = []
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    dtype = params[0].dtype
+    total = 0
+    for i in range(n):
+        p = params[i]
+        numel = p.numel()
+        row = [p.data_ptr()]
+        cols = [p]
+        for lst in lists:
+            if lst is None:
+                row.append(0)
+            else:
+                t = lst[i]
+                cols.append(t)
+                row.append(t.data_ptr())
+        for t in cols:
+            if t.device.type != "cpu" or t.dtype != dtype or t.numel() != numel or not t.is_contiguous():
+                raise ValueError(
+                    "numba backend: every tensor must be a contiguous CPU tensor of the "
+                    f"params' dtype and size (tensor {i}: {t.device}, {t.dtype}, "
+                    f"{tuple(t.shape)}, expected {dtype} numel {numel})")
+        s = steps[i]
+        if s.device.type != "cpu" or s.dtype != torch.float64 or s.numel() != 1:
+            raise ValueError(f"numba backend: steps[{i}] must be a CPU float64 scalar tensor")
+        row.append(s.data_ptr())
+        rows.append(row)
+        total += numel
+        offsets[i + 1] = total
+    table = np.array(rows, dtype=np.int64).reshape(n, k + 2)
+    return table, offsets
+
+
+def check_counter(t, name):
+    if t.device.type != "cpu" or t.dtype != torch.float64 or t.numel() != 1 or not t.is_contiguous():
+        raise ValueError(f"numba backend: {name} must be a contiguous CPU float64 tensor")
+
+
+def program_args(schedule, position):
+    """(program address, n_nodes, position address) for the kernel."""
+    check_counter(position, "position")
+    if (schedule.device.type != "cpu" or schedule.dtype != torch.float64 or schedule.dim() != 2
+            or not schedule.is_contiguous()):
+        raise ValueError("numba backend: schedule must be a contiguous CPU float64 (n, NODE_SIZE) table")
+    return schedule.data_ptr(), schedule.shape[0], position.data_ptr()
+
+
+def amp_args(grad_scale, found_inf):
+    """(has_grad_scale, grad_scale, found_inf) as plain values (CPU: no sync to avoid)."""
+    gs = 1.0 if grad_scale is None else float(grad_scale)
+    skip = False if found_inf is None else float(found_inf) != 0.0
+    return grad_scale is not None, gs, skip
+
+
+__all__ = ["CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "half_to_float",
+           "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "view",
+           "n_chunks", "first_tensor", "read_steps", "finish", "setup_threads", "scalar",
+           "marker_of", "pack", "program_args", "amp_args", "math"]

@@ -1,0 +1,137 @@
+"""Adam / AdamW update, Numba CPU kernel: one parallel compiled call per step for the whole
+tensor list (see ``kernels/reference/adam.py`` for the math, in the same operation order).
+
+The step's scalars (schedule factor and momentum, bias corrections, step size) are
+computed in float64 inside the call from ``position`` and each tensor's ``step``; the
+counters are advanced in the same call after the parallel loop.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
+                      marker_of, n_chunks, pack, program_args, read_steps, scalar,
+                      setup_threads, store, view)
+from .schedule import evaluate
+from ..schedule_encoding import NODE_SIZE
+
+# address table columns
+_P, _G, _M, _V, _VMAX, _STEP = range(6)
+
+
+@njit(**JIT)
+def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, beta2, one_m_beta2, eps, wd,
+             decay, sign, gs, amsgrad, has_gs, coupled, decoupled):
+    """One segment (the arrays are views of it). The flags are runtime values: LLVM
+    unswitches the loop on them (O3) and the resulting loops vectorise; one specialisation
+    per dtype keeps the compile time low."""
+    one = ct(1.0, eps)
+    half = ct(0.5, eps)
+    for j in range(p.shape[0]):
+        gj = load(g, j)
+        if has_gs:
+            gj = gj / gs
+            store(g, j, gj)
+        gj = gj * sign
+        pj = load(p, j)
+        if decoupled:
+            pj = pj * decay
+        if coupled:
+            gj = gj + wd * pj
+        mj = load(m, j)
+        if abs(w) < half:
+            mj = mj + w * (gj - mj)
+        else:
+            mj = gj - (gj - mj) * (one - w)
+        vj = load(v, j) * beta2 + one_m_beta2 * gj * gj
+        if amsgrad:
+            vm = load(vmax, j)
+            if not (vm >= vj or vm != vm):
+                vm = vj
+            store(vmax, j, vm)
+            denom = math.sqrt(vm) / bc2_sqrt + eps
+        else:
+            denom = math.sqrt(vj) / bc2_sqrt + eps
+        pj = pj + step_size * mj / denom
+        store(m, j, mj)
+        store(v, j, vj)
+        store(p, j, pj)
+
+
+@njit(**PJIT)
+def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
+                 weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
+                 found_inf, advance_position, marker):
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+        factor, sched_momentum, has_momentum = evaluate(program, t)
+        lr_t = lr * factor
+        b1 = sched_momentum if has_momentum != 0.0 else beta1
+        n = ptrs.shape[0]
+        steps = read_steps(ptrs, _STEP)
+        step_size = np.empty(n)
+        bc2_sqrt = np.empty(n)
+        for i in range(n):
+            step = steps[i] + 1.0
+            step_size[i] = -(lr_t / (1.0 - math.pow(b1, step)))
+            bc2_sqrt[i] = math.sqrt(1.0 - math.pow(beta2, step))
+        # math-type scalars (float32 unless the storage is float64)
+        w = ct(1.0 - b1, marker)
+        beta2_c = ct(beta2, marker)
+        one_m_beta2 = ct(1.0 - beta2, marker)
+        eps_c = ct(eps, marker)
+        wd = ct(weight_decay, marker)
+        decay = ct(1.0 - lr_t * weight_decay, marker)
+        sign = ct(-1.0 if maximize else 1.0, marker)
+        gs_c = ct(gs, marker)
+        coupled = weight_decay != 0.0 and not decoupled_weight_decay
+        decoupled = weight_decay != 0.0 and decoupled_weight_decay
+        total = offsets[n]
+        for c in prange(n_chunks(offsets)):
+            lo = c * CHUNK
+            hi = min(lo + CHUNK, total)
+            i = first_tensor(offsets, lo)
+            while i < n and offsets[i] < hi:
+                start = offsets[i]
+                size = offsets[i + 1] - start
+                a = max(lo, start) - start
+                b = min(hi, offsets[i + 1]) - start
+                if b > a:
+                    p = view(ptrs[i, _P], size, marker)[a:b]
+                    g = view(ptrs[i, _G], size, marker)[a:b]
+                    m = view(ptrs[i, _M], size, marker)[a:b]
+                    v = view(ptrs[i, _V], size, marker)[a:b]
+                    ss = ct(step_size[i], marker)
+                    bc = ct(bc2_sqrt[i], marker)
+                    vmax = v
+                    if amsgrad:
+                        vmax = view(ptrs[i, _VMAX], size, marker)[a:b]
+                    _segment(p, g, m, v, vmax, ss, bc, w, beta2_c, one_m_beta2, eps_c, wd, decay,
+                             sign, gs_c, amsgrad, has_gs, coupled, decoupled)
+                i += 1
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
+              beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
+              position, grad_scale=None, found_inf=None, advance_position=True):
+    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    if not params:
+        if advance_position:
+            position.add_(1.0)
+        return
+    if amsgrad and max_exp_avg_sqs is None:
+        raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
+    table, offsets = pack(params, [grads, exp_avgs, exp_avg_sqs,
+                                   max_exp_avg_sqs if amsgrad else None], steps)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    setup_threads()
+    _adam_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1),
+                 scalar(beta2), float(eps), float(weight_decay), bool(decoupled_weight_decay),
+                 bool(amsgrad), bool(maximize), has_gs, gs, skip, bool(advance_position),
+                 marker_of(params))

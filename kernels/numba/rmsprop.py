@@ -1,0 +1,129 @@
+"""RMSprop update, Numba CPU kernel: one parallel compiled call per step for the whole
+tensor list (see ``kernels/reference/rmsprop.py`` for the math, in the same operation
+order). Deliberate deviation from torch, as in the reference: the centered variance
+``square_avg - grad_avg**2`` is clamped at 0 before the square root (case C9).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
+                      marker_of, n_chunks, pack, program_args, scalar, setup_threads, store,
+                      view)
+from .schedule import evaluate
+from ..schedule_encoding import NODE_SIZE
+
+# address table columns
+_P, _G, _SQ, _GAVG, _BUF, _STEP = range(6)
+
+
+@njit(**JIT)
+def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, eps, momentum, wd, sign, gs,
+             centered, has_buf, has_gs, coupled):
+    """One segment (the arrays are views of it). The flags are runtime values: LLVM
+    unswitches the loop on them (O3) and the resulting loops vectorise; one specialisation
+    per dtype keeps the compile time low."""
+    zero = ct(0.0, eps)
+    half = ct(0.5, eps)
+    one = ct(1.0, eps)
+    for j in range(p.shape[0]):
+        gj = load(g, j)
+        if has_gs:
+            gj = gj / gs
+            store(g, j, gj)
+        gj = gj * sign
+        pj = load(p, j)
+        if coupled:
+            gj = gj + wd * pj
+        sqj = load(sq, j) * alpha + one_m_alpha * gj * gj
+        if centered:
+            ga = load(gavg, j)
+            if abs(one_m_alpha) < half:
+                ga = ga + one_m_alpha * (gj - ga)
+            else:
+                ga = gj - (gj - ga) * (one - one_m_alpha)
+            store(gavg, j, ga)
+            var = sqj - ga * ga
+            if var < zero:
+                var = zero
+            avg = math.sqrt(var) + eps
+        else:
+            avg = math.sqrt(sqj) + eps
+        if has_buf:
+            bj = load(buf, j) * momentum + gj / avg
+            store(buf, j, bj)
+            pj = pj + neg_lr * bj
+        else:
+            pj = pj + neg_lr * gj / avg
+        store(sq, j, sqj)
+        store(p, j, pj)
+
+
+@njit(**PJIT)
+def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
+                    momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
+                    advance_position, marker):
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+        factor, sched_momentum, has_momentum = evaluate(program, t)
+        mom = sched_momentum if has_momentum != 0.0 else momentum
+        n = ptrs.shape[0]
+        # math-type scalars (float32 unless the storage is float64)
+        neg_lr = ct(-(lr * factor), marker)
+        alpha_c = ct(alpha, marker)
+        one_m_alpha = ct(1.0 - alpha, marker)
+        eps_c = ct(eps, marker)
+        mom_c = ct(mom, marker)
+        wd = ct(weight_decay, marker)
+        sign = ct(-1.0 if maximize else 1.0, marker)
+        gs_c = ct(gs, marker)
+        coupled = weight_decay != 0.0
+        total = offsets[n]
+        for c in prange(n_chunks(offsets)):
+            lo = c * CHUNK
+            hi = min(lo + CHUNK, total)
+            i = first_tensor(offsets, lo)
+            while i < n and offsets[i] < hi:
+                start = offsets[i]
+                size = offsets[i + 1] - start
+                a = max(lo, start) - start
+                b = min(hi, offsets[i + 1]) - start
+                if b > a:
+                    p = view(ptrs[i, _P], size, marker)[a:b]
+                    g = view(ptrs[i, _G], size, marker)[a:b]
+                    sq = view(ptrs[i, _SQ], size, marker)[a:b]
+                    ga = sq
+                    bf = sq
+                    if centered:
+                        ga = view(ptrs[i, _GAVG], size, marker)[a:b]
+                    if has_buf:
+                        bf = view(ptrs[i, _BUF], size, marker)[a:b]
+                    _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, eps_c, mom_c, wd,
+                             sign, gs_c, centered, has_buf, has_gs, coupled)
+                i += 1
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
+                 alpha, eps, weight_decay, momentum, centered, maximize, schedule, position,
+                 grad_scale=None, found_inf=None, advance_position=True):
+    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    if not params:
+        if advance_position:
+            position.add_(1.0)
+        return
+    if centered and grad_avgs is None:
+        raise ValueError("numba rmsprop_step: centered needs grad_avgs")
+    table, offsets = pack(params, [grads, square_avgs, grad_avgs if centered else None,
+                                   momentum_buffers], steps)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    setup_threads()
+    _rmsprop_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha),
+                    float(eps), float(weight_decay), scalar(momentum), bool(centered),
+                    bool(maximize), momentum_buffers is not None, has_gs, gs, skip,
+                    bool(advance_position), marker_of(params))

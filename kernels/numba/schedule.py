@@ -1,0 +1,176 @@
+"""The Numba evaluator of a schedule program (``kernels.schedule_encoding``), shared by the
+SGD, RMSprop and Adam kernels: ``evaluate(program, t) -> (factor, momentum, has_momentum)``.
+
+All in float64. Leaf formulas follow torch's schedulers in operation order (OneCycleLR,
+CyclicLR, CosineAnnealingWarmRestarts closed form); see the encoding doc for each kind.
+"""
+
+import math
+
+from numba import njit
+
+from ..schedule_encoding import (
+    ANNEAL_COS, COSINE, COSINE_RESTARTS, CONSTANT, CYCLIC, CYCLIC_EXP_RANGE, CYCLIC_TRIANGULAR2,
+    DECAY_COSINE, DECAY_LINEAR, EXPONENTIAL, INVERSE_SQRT, LINEAR, ONE_CYCLE, POLYNOMIAL, STEP,
+    SWITCH, WSD)
+
+_JIT = dict(cache=True, error_model="numpy")
+
+
+@njit(**_JIT)
+def _anneal(start, end, pct, anneal):
+    if anneal == ANNEAL_COS:
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+    return (end - start) * pct + start
+
+
+@njit(**_JIT)
+def _one_cycle(r, t):
+    e1, e2, e3 = r[1], r[2], r[3]
+    initial, minimum, anneal = r[4], r[5], r[6]
+    three_phase, cycle_momentum, base_m, max_m = r[7], r[8], r[9], r[10]
+    t = min(t, e3)
+    # torch's phase search: the first phase with t <= end_step, else the last one.
+    if t <= e1:
+        start_step, end_step = 0.0, e1
+        lr0, lr1, m0, m1 = initial, 1.0, max_m, base_m
+    elif three_phase != 0.0 and t <= e2:
+        start_step, end_step = e1, e2
+        lr0, lr1, m0, m1 = 1.0, initial, base_m, max_m
+    elif three_phase != 0.0:
+        start_step, end_step = e2, e3
+        lr0, lr1, m0, m1 = initial, minimum, max_m, max_m
+    else:
+        start_step, end_step = e1, e3
+        lr0, lr1, m0, m1 = 1.0, minimum, base_m, max_m
+    span = end_step - start_step
+    pct = 1.0
+    if span != 0.0:
+        pct = (t - start_step) / span
+    factor = _anneal(lr0, lr1, pct, anneal)
+    if cycle_momentum != 0.0:
+        return factor, _anneal(m0, m1, pct, anneal), 1.0
+    return factor, 0.0, 0.0
+
+
+@njit(**_JIT)
+def _cyclic(r, t):
+    total_size, step_ratio, base, mode, gamma = r[1], r[2], r[3], r[4], r[5]
+    cycle_momentum, base_m, max_m = r[6], r[7], r[8]
+    cycle = math.floor(1.0 + t / total_size)
+    x = 1.0 + t / total_size - cycle
+    if x <= step_ratio:
+        scale_factor = x / step_ratio
+    else:
+        scale_factor = (x - 1.0) / (step_ratio - 1.0)
+    if mode == CYCLIC_TRIANGULAR2:
+        scale = math.pow(0.5, cycle - 1.0)          # underflows to 0, never overflows
+    elif mode == CYCLIC_EXP_RANGE:
+        scale = math.pow(gamma, t)
+    else:
+        scale = 1.0
+    factor = base + (1.0 - base) * scale_factor * scale
+    if cycle_momentum != 0.0:
+        return factor, max_m - (max_m - base_m) * scale_factor * scale, 1.0
+    return factor, 0.0, 0.0
+
+
+@njit(**_JIT)
+def _restart_start(t0, mult, n):
+    return t0 * (math.pow(mult, n) - 1.0) / (mult - 1.0)
+
+
+@njit(**_JIT)
+def _cosine_restarts(r, t):
+    t0, mult, end = r[1], r[2], r[3]
+    if not t0 > 0.0:
+        return end
+    if t < t0:
+        t_cur, t_i = t, t0
+    elif mult == 1.0:
+        t_cur, t_i = t % t0, t0
+    else:
+        n = math.floor(math.log(t / t0 * (mult - 1.0) + 1.0) / math.log(mult))
+        # the log is inexact near cycle boundaries: correct n by one each way
+        if t < _restart_start(t0, mult, n):
+            n -= 1.0
+        elif t >= _restart_start(t0, mult, n + 1.0):
+            n += 1.0
+        t_cur = t - _restart_start(t0, mult, n)
+        t_i = t0 * math.pow(mult, n)
+    return end + (1.0 - end) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
+
+
+@njit(**_JIT)
+def _wsd(r, t):
+    w, s, d, decay, end, start = r[1], r[2], r[3], r[4], r[5], r[6]
+    if t < w:
+        return start + (1.0 - start) * t / w
+    if t < w + s:
+        return 1.0
+    if t < w + s + d:
+        progress = (t - w - s) / d
+        if decay == DECAY_LINEAR:
+            law = 1.0 - progress
+        elif decay == DECAY_COSINE:
+            law = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            law = 1.0 - math.sqrt(progress)
+        return end + (1.0 - end) * law
+    return end
+
+
+@njit(**_JIT)
+def _leaf(r, t):
+    kind = r[0]
+    if kind == CONSTANT:
+        return r[1], 0.0, 0.0
+    if kind == LINEAR:
+        start, end, total = r[1], r[2], r[3]
+        if total == 0.0:
+            return end, 0.0, 0.0
+        return start + (end - start) * min(t, total) / total, 0.0, 0.0
+    if kind == STEP:
+        return math.pow(r[2], math.floor(t / r[1])), 0.0, 0.0
+    if kind == EXPONENTIAL:
+        return math.pow(r[1], t), 0.0, 0.0
+    if kind == POLYNOMIAL:
+        total, power, end = r[1], r[2], r[3]
+        if total == 0.0:
+            return end, 0.0, 0.0
+        return math.pow(1.0 - min(t, total) / total, power) * (1.0 - end) + end, 0.0, 0.0
+    if kind == COSINE:
+        total, end = r[1], r[2]
+        if total == 0.0:
+            return end, 0.0, 0.0
+        return end + (1.0 - end) * (1.0 + math.cos(math.pi * min(t, total) / total)) / 2.0, 0.0, 0.0
+    if kind == COSINE_RESTARTS:
+        return _cosine_restarts(r, t), 0.0, 0.0
+    if kind == ONE_CYCLE:
+        return _one_cycle(r, t)
+    if kind == CYCLIC:
+        return _cyclic(r, t)
+    if kind == INVERSE_SQRT:
+        w, timescale = r[1], r[2]
+        if t < w:
+            return t / w, 0.0, 0.0
+        return 1.0 / math.sqrt((t + timescale - w) / timescale), 0.0, 0.0
+    if kind == WSD:
+        return _wsd(r, t), 0.0, 0.0
+    return math.nan, 0.0, 0.0                       # unknown kind, or a SWITCH cycle
+
+
+@njit(**_JIT)
+def evaluate(program, t):
+    """(factor, momentum, has_momentum) of ``program`` (float64[n, NODE_SIZE]) at ``t``."""
+    row = 0
+    for _ in range(program.shape[0]):
+        if program[row, 0] != SWITCH:
+            break
+        milestone = program[row, 1]
+        if t < milestone:
+            row = int(program[row, 2])
+        else:
+            t = t - milestone
+            row = int(program[row, 3])
+    return _leaf(program[row], t)

@@ -1,0 +1,105 @@
+"""SGD / momentum SGD update, Numba CPU kernel: one parallel compiled call per step for the
+whole tensor list (see ``kernels/reference/sgd.py`` for the math, in the same operation
+order). The momentum buffer takes the gradient itself on a tensor's first applied update
+(``step == 0``).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
+                      marker_of, n_chunks, pack, program_args, read_steps, scalar,
+                      setup_threads, store, view)
+from .schedule import evaluate
+from ..schedule_encoding import NODE_SIZE
+
+# address table columns
+_P, _G, _BUF, _STEP = range(4)
+
+
+@njit(**JIT)
+def _segment(p, g, buf, neg_lr, momentum, one_m_dampening, wd, sign, gs, first, has_buf,
+             has_gs, coupled, nesterov):
+    """One segment (the arrays are views of it). The flags are runtime values: LLVM
+    unswitches the loop on them (O3) and the resulting loops vectorise; one specialisation
+    per dtype keeps the compile time low."""
+    for j in range(p.shape[0]):
+        gj = load(g, j)
+        if has_gs:
+            gj = gj / gs
+            store(g, j, gj)
+        gj = gj * sign
+        pj = load(p, j)
+        if coupled:
+            gj = gj + wd * pj
+        if has_buf:
+            bj = load(buf, j) * momentum + one_m_dampening * gj
+            if first:
+                bj = gj
+            store(buf, j, bj)
+            if nesterov:
+                gj = gj + momentum * bj
+            else:
+                gj = bj
+        store(p, j, pj + neg_lr * gj)
+
+
+@njit(**PJIT)
+def _sgd_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening,
+                weight_decay, nesterov, maximize, has_buf, has_gs, gs, found_inf,
+                advance_position, marker):
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+        factor, sched_momentum, has_momentum = evaluate(program, t)
+        mom = sched_momentum if has_momentum != 0.0 else momentum
+        n = ptrs.shape[0]
+        steps = read_steps(ptrs, _STEP)
+        # math-type scalars (float32 unless the storage is float64)
+        neg_lr = ct(-(lr * factor), marker)
+        mom_c = ct(mom, marker)
+        one_m_d = ct(1.0 - dampening, marker)
+        wd = ct(weight_decay, marker)
+        sign = ct(-1.0 if maximize else 1.0, marker)
+        gs_c = ct(gs, marker)
+        coupled = weight_decay != 0.0
+        total = offsets[n]
+        for c in prange(n_chunks(offsets)):
+            lo = c * CHUNK
+            hi = min(lo + CHUNK, total)
+            i = first_tensor(offsets, lo)
+            while i < n and offsets[i] < hi:
+                start = offsets[i]
+                size = offsets[i + 1] - start
+                a = max(lo, start) - start
+                b = min(hi, offsets[i + 1]) - start
+                if b > a:
+                    p = view(ptrs[i, _P], size, marker)[a:b]
+                    g = view(ptrs[i, _G], size, marker)[a:b]
+                    first = steps[i] == 0.0
+                    buf = g
+                    if has_buf:
+                        buf = view(ptrs[i, _BUF], size, marker)[a:b]
+                    _segment(p, g, buf, neg_lr, mom_c, one_m_d, wd, sign, gs_c, first, has_buf,
+                             has_gs, coupled, nesterov)
+                i += 1
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
+             weight_decay, nesterov, maximize, schedule, position, grad_scale=None,
+             found_inf=None, advance_position=True):
+    """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    if not params:
+        if advance_position:
+            position.add_(1.0)
+        return
+    table, offsets = pack(params, [grads, momentum_buffers], steps)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    setup_threads()
+    _sgd_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
+                float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
+                momentum_buffers is not None, has_gs, gs, skip, bool(advance_position),
+                marker_of(params))
