@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a small MLP on sklearn's digits with fusedsched.AdamW and torch.optim.AdamW "
         "(warmup + cosine), compare them, and plot both runs",
     ),
+    "bench": (
+        "fusedsched.bench",
+        "time fusedsched against torch.optim (for-loop, foreach, fused) and the memory roof, "
+        "interleaved; table, JSON, CSV and a GB/s plot",
+    ),
 }
 
 

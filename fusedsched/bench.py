@@ -1,0 +1,803 @@
+"""``fusedsched bench``: fusedsched against torch.optim, side by side, with the memory roof.
+
+For each workload (an optimizer, a dtype and a list of parameter shapes) the providers
+
+* ``roof``: a Numba kernel with the step's exact reads and writes and no math
+  (:mod:`fusedsched._roof`), same thread count as fusedsched;
+* ``loop`` / ``foreach`` / ``fused``: ``torch.optim.<Name>(foreach=False)`` /
+  ``(foreach=True)`` / ``(fused=True)`` (fused only where torch has a CPU kernel: Adam, AdamW,
+  SGD), each timed as ``opt.step(); sched.step()`` with ``LambdaLR(opt, schedule)``;
+* ``fusedsched``: ``fusedsched.<Name>(schedule=schedule, backend="numba")``, timed as
+  ``opt.step()``; the schedule (warmup + cosine) is evaluated inside the kernel,
+
+are timed **interleaved** in one process: round-robin over the providers for several
+rounds, each measurement a ``torch.utils.benchmark.Timer.blocked_autorange`` median, the
+result the median over rounds. Ratios (to the roof, to each torch path) are of same-run
+times only (these machines drift between runs; same-run ratios hold). The torch optimizers
+and fusedsched step the same parameter and gradient tensors (each keeps its own state); the
+roof has its own tensors. Workloads too big for all providers' state at once in the free
+memory run one provider at a time, each interleaved with the roof.
+
+Also measured, in fresh subprocesses: ``import torch`` and then ``import fusedsched`` times;
+the first ``step()`` with a warm Numba cache (and, unless ``--quick``, a cold one:
+``NUMBA_CACHE_DIR`` pointed at a fresh folder); peak RSS of a process stepping fusedsched
+vs torch fused Adam on a big tensor.
+
+Output: a rich progress bar and table, ``bench.json`` (machine, config, every
+measurement, goals), ``bench.csv`` (one row per workload and provider) and ``bench.png``
+(GB/s against size per provider with the roof line) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_OUT = "bench_out"
+
+# Bytes moved per element and 4-byte storage: (columns of the roof: p, g, states...).
+# Adam/AdamW read p, g, m, v and write p, m, v = 7 * 4 = 28 B.
+OPTIMIZERS = {
+    #  name: (torch class, fusedsched class, kwargs, roof columns, torch has fused on CPU)
+    "adam": ("Adam", "Adam", dict(lr=1e-3), 4, True),
+    "adamw": ("AdamW", "AdamW", dict(lr=1e-3, weight_decay=1e-2), 4, True),
+    "sgd_momentum": ("SGD", "SGD", dict(lr=1e-2, momentum=0.9), 3, True),
+    "rmsprop": ("RMSprop", "RMSprop", dict(lr=1e-2), 3, False),
+    "rmsprop_centered": ("RMSprop", "RMSprop", dict(lr=1e-2, centered=True), 4, False),
+}
+TORCH_PROVIDERS = ("loop", "foreach", "fused")
+PROVIDERS = ("roof",) + TORCH_PROVIDERS + ("fusedsched",)
+
+# The schedule on both sides: warmup + cosine over a horizon no run reaches the end of.
+WARMUP_STEPS = 100
+TOTAL_STEPS = 10**7
+
+
+# --------------------------------------------------------------------------------------------
+# parameter shape lists
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """The parameter shapes of torchvision's ``resnet50()`` in ``parameters()`` order
+    (161 tensors, 25,557,032 elements), from the architecture: a 7x7 stem, bottleneck
+    stages of [3, 4, 6, 3] blocks of widths 64..512 (expansion 4, a 1x1 downsample in each
+    stage's first block), batch norms (weight, bias), and a 1000-way fc."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    inplanes = 64
+    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        for b in range(blocks):
+            out = width * 4
+            shapes += [(width, inplanes, 1, 1), (width,), (width,),
+                       (width, width, 3, 3), (width,), (width,),
+                       (out, width, 1, 1), (out,), (out,)]
+            if b == 0:
+                shapes += [(out, inplanes, 1, 1), (out,), (out,)]
+            inplanes = out
+    shapes += [(1000, 2048), (1000,)]
+    return shapes
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """The parameter shapes of GPT-2 small (HF ``GPT2LMHeadModel``, lm_head tied to wte):
+    148 tensors, 124,439,808 elements."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,),                 # ln_1
+                   (d, 3 * d), (3 * d,),       # attn.c_attn
+                   (d, d), (d,),               # attn.c_proj
+                   (d,), (d,),                 # ln_2
+                   (d, 4 * d), (4 * d,),       # mlp.c_fc
+                   (4 * d, d), (d,)]           # mlp.c_proj
+    shapes += [(d,), (d,)]                     # ln_f
+    return shapes
+
+
+def numel_of(shapes) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+# --------------------------------------------------------------------------------------------
+# workloads and goals
+
+
+@dataclass
+class Workload:
+    name: str
+    optimizer: str
+    dtype: str                     # "float32", "bfloat16", "float16"
+    shapes: list = field(repr=False)
+    kind: str = "single"           # "single" (one tensor), "list", "host"
+
+    @property
+    def numel(self) -> int:
+        return numel_of(self.shapes)
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self.dtype == "float32" else 8 if self.dtype == "float64" else 2
+
+    @property
+    def columns(self) -> int:
+        return OPTIMIZERS[self.optimizer][3]
+
+    @property
+    def bytes_per_step(self) -> int:
+        return self.numel * self.itemsize * (2 * self.columns - 1)
+
+
+def _size_label(n: int) -> str:
+    for div, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{suffix}"
+    return str(n)
+
+
+def make_workloads(quick: bool) -> list[Workload]:
+    w: list[Workload] = []
+
+    def single(opt, n, dtype="float32"):
+        w.append(Workload(f"{opt} {dtype} 1x{_size_label(n)}", opt, dtype, [(n,)]))
+
+    if quick:
+        for opt in ("adam", "sgd_momentum", "rmsprop", "rmsprop_centered"):
+            for n in (10**5, 10**6):
+                single(opt, n)
+        single("adam", 10**7)
+        single("adam", 10**6, "bfloat16")
+    else:
+        for opt in OPTIMIZERS:
+            for n in (10**5, 10**6, 10**7, 32 * 10**6):
+                single(opt, n)
+        for opt in ("adam", "sgd_momentum"):
+            for dtype in ("bfloat16", "float16"):
+                single(opt, 10**7, dtype)
+    w.append(Workload("adam float32 resnet50", "adam", "float32", resnet50_shapes(), "list"))
+    if not quick:
+        w.append(Workload("adam float32 gpt2-small", "adam", "float32", gpt2_small_shapes(),
+                          "list"))
+    w.append(Workload("adam float32 1000x1k", "adam", "float32", [(1024,)] * 1000, "list"))
+    w.append(Workload("adam float32 host 1x1k", "adam", "float32", [(1024,)], "host"))
+    return w
+
+
+def goals_for(wl: Workload) -> list[tuple[str, str, float, str]]:
+    """(label, metric, threshold, op) goals of the issue that apply to a workload. Metrics:
+    ``ratio_roof`` (fusedsched time / roof time), ``vs_fused`` / ``vs_best_torch``
+    (torch time / fusedsched time)."""
+    g = []
+    big = wl.kind == "single" and wl.dtype == "float32" and wl.numel in (10**7, 32 * 10**6)
+    if big and wl.optimizer in ("adam", "adamw", "sgd_momentum"):
+        g += [("<= 1.03x roof", "ratio_roof", 1.03, "<="),
+              (">= 0.97x torch fused", "vs_fused", 0.97, ">=")]
+    if (wl.kind == "single" and wl.dtype == "float32" and wl.numel == 10**7
+            and wl.optimizer in ("rmsprop", "rmsprop_centered")):
+        g += [("<= 1.1x roof", "ratio_roof", 1.1, "<="),
+              (">= 3x torch best", "vs_best_torch", 3.0, ">=")]
+    if wl.name.endswith("resnet50"):
+        g.append((">= 1.25x torch fused", "vs_fused", 1.25, ">="))
+    if wl.name.endswith("gpt2-small"):
+        g.append((">= 0.97x torch fused", "vs_fused", 0.97, ">="))
+    if wl.name.endswith("1000x1k"):
+        g.append((">= 20x torch fused", "vs_fused", 20.0, ">="))
+    if wl.kind == "host":
+        g.append(("<= 0.5x torch fused time", "vs_fused", 2.0, ">="))
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# providers
+
+
+def _torch_dtype(name):
+    import torch
+    return getattr(torch, name)
+
+
+def make_schedule():
+    from . import schedules as S
+    return S.warmup(S.cosine(total_steps=TOTAL_STEPS), warmup_steps=WARMUP_STEPS)
+
+
+class _Provider:
+    """A zero-argument ``step`` and what it holds (dropped by ``close``)."""
+
+    def __init__(self, step, holder=None):
+        self.step = step
+        self.holder = holder
+
+    def close(self):
+        self.step = None
+        self.holder = None
+
+
+def make_provider(name: str, wl: Workload, params):
+    """A provider's ``_Provider`` over the shared ``params`` (grads set), or None when
+    torch has no such path (fused RMSprop) or it fails on this dtype."""
+    import torch
+
+    torch_cls, fs_cls, kwargs, _, has_fused = OPTIMIZERS[wl.optimizer]
+    schedule = make_schedule()
+    if name == "fusedsched":
+        import fusedsched as fs
+        opt = getattr(fs, fs_cls)(params, schedule=schedule, backend="numba", **kwargs)
+        return _Provider(opt.step, opt)
+    if name == "fused" and not has_fused:
+        return None
+    flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True),
+             "fused": dict(fused=True)}[name]
+    opt = getattr(torch.optim, torch_cls)(params, **kwargs, **flags)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return _Provider(step, (opt, sched))
+
+
+def make_params(wl: Workload, seed: int = 0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = _torch_dtype(wl.dtype)
+    params = []
+    for shape in wl.shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
+        p.grad = torch.randn(shape, generator=gen).to(dtype)
+        params.append(p)
+    return params
+
+
+def _state_bytes_per_provider(wl: Workload) -> int:
+    return wl.numel * wl.itemsize * (wl.columns - 2)
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+def _time_once(step, min_run_time: float, timer: str = "timeit") -> float:
+    """Median seconds per call of ``step`` over blocks of calls filling ``min_run_time``.
+
+    ``timer="timeit"`` (default): the standard library's ``timeit.Timer`` (garbage collector
+    off while timing), ``BLOCKS`` blocks of a calibrated number of calls each.
+    ``timer="torch"``: ``torch.utils.benchmark.Timer.blocked_autorange``. Not the default:
+    it calls ``torch.set_num_threads`` around every measurement, and on a loaded 2-core
+    machine that call alone (even to the current value) made torch's own per-op latency
+    10-100x worse for the rest of the process (torch for-loop Adam on 1000 x 1k tensors:
+    80 ms/step before, 1.3-12 s after), which would flatter fusedsched.
+    """
+    if timer == "torch":
+        import torch
+        from torch.utils.benchmark import Timer
+
+        t = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+        return t.blocked_autorange(min_run_time=min_run_time).median
+    import timeit
+
+    t = timeit.Timer(step)
+    once = t.timeit(1)                                   # also a warm-up call
+    number = max(1, int(min_run_time / BLOCKS / max(once, 1e-7)))
+    return statistics.median(t.repeat(repeat=BLOCKS, number=number)) / number
+
+
+BLOCKS = 5
+
+
+def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_steps: int,
+                     providers=PROVIDERS, timer: str = "timeit") -> dict:
+    """Time every provider of ``wl`` interleaved; returns the workload's record."""
+    import gc
+
+    import torch
+
+    from ._roof import Roof
+
+    dtype = _torch_dtype(wl.dtype)
+    roof = Roof(wl.shapes, dtype, wl.columns)
+    params = make_params(wl)
+    names = [p for p in providers if p != "roof"]
+    # One group if every provider's state fits in half the free memory, else one by one.
+    need = _state_bytes_per_provider(wl) * len(names) + roof.bytes_per_step
+    groups = [names] if need < _mem_available() // 2 else [[n] for n in names]
+    times: dict[str, list[float]] = {"roof": []} if "roof" in providers else {}
+    errors: dict[str, str] = {}
+    for group in groups:
+        live = {}
+        for name in group:
+            try:
+                prov = make_provider(name, wl, params)
+                if prov is None:
+                    errors[name] = "no such torch path"
+                    continue
+                for _ in range(warmup_steps):
+                    prov.step()
+                live[name] = prov
+                times[name] = []
+            except Exception as exc:  # e.g. a torch path without this dtype
+                errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        if "roof" in times:
+            for _ in range(warmup_steps):
+                roof.step()
+        order = (["roof"] if "roof" in times else []) + list(live)
+        for r in range(rounds):
+            k = r % len(order)
+            for name in order[k:] + order[:k]:       # rotate: no provider always first
+                step = roof.step if name == "roof" else live[name].step
+                times[name].append(_time_once(step, min_run_time, timer))
+        for prov in live.values():
+            prov.close()
+        live.clear()
+        gc.collect()
+    finite = all(bool(torch.isfinite(p).all()) for p in params)
+    del params, roof
+    gc.collect()
+    return summarize(wl, times, errors, finite, len(groups) > 1)
+
+
+def summarize(wl: Workload, times: dict, errors: dict, finite: bool, split: bool) -> dict:
+    rec = {
+        "workload": wl.name, "optimizer": wl.optimizer, "dtype": wl.dtype, "kind": wl.kind,
+        "n_tensors": len(wl.shapes), "numel": wl.numel, "bytes_per_step": wl.bytes_per_step,
+        "interleaving": "one provider at a time, each with the roof" if split else "all",
+        "params_finite": finite, "providers": {}, "errors": errors,
+    }
+    med = {name: statistics.median(ts) for name, ts in times.items() if ts}
+    for name, t in med.items():
+        rec["providers"][name] = {
+            "ms": t * 1e3,
+            "gbps": wl.bytes_per_step / t / 1e9,
+            "ratio_roof": t / med["roof"] if "roof" in med else None,
+            "rounds_ms": [x * 1e3 for x in times[name]],
+        }
+    fs_t = med.get("fusedsched")
+    speed = {}
+    if fs_t:
+        for name in TORCH_PROVIDERS:
+            if name in med:
+                speed[f"vs_{name}"] = med[name] / fs_t
+        torch_ts = [med[n] for n in TORCH_PROVIDERS if n in med]
+        if torch_ts:
+            speed["vs_best_torch"] = min(torch_ts) / fs_t
+        if "roof" in med:
+            speed["ratio_roof"] = fs_t / med["roof"]
+    rec["fusedsched"] = speed
+    goals = []
+    for label, metric, threshold, op in goals_for(wl):
+        value = speed.get(metric)
+        ok = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
+        goals.append({"goal": label, "metric": metric, "threshold": threshold, "op": op,
+                      "value": value, "met": ok})
+    rec["goals"] = goals
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# subprocess measurements: import time, first step, peak RSS
+
+_CHILD = r"""
+import json, resource, sys, time
+mode, big = sys.argv[1], int(sys.argv[2])
+def rss_now():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = {}
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+out["import_torch_s"] = t1 - t0
+if mode == "fusedsched":
+    import fusedsched as fs
+    from fusedsched import schedules as S
+    out["import_fusedsched_s"] = time.perf_counter() - t1
+    def make(ps):
+        sched = S.warmup(S.cosine(total_steps=10**7), warmup_steps=100)
+        opt = fs.Adam(ps, lr=1e-3, schedule=sched, backend="numba")
+        return opt.step
+else:
+    def make(ps):
+        opt = torch.optim.Adam(ps, lr=1e-3, fused=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+        def step():
+            opt.step(); sched.step()
+        return step
+p = torch.nn.Parameter(torch.randn(1024)); p.grad = torch.randn(1024)
+step = make([p])
+t = time.perf_counter(); step(); out["first_step_s"] = time.perf_counter() - t
+t = time.perf_counter(); step(); out["second_step_s"] = time.perf_counter() - t
+if big:
+    p = torch.nn.Parameter(torch.randn(big)); p.grad = torch.randn(big)
+    step = make([p])
+    out["rss_before_bytes"] = rss_now()
+    for _ in range(3):
+        step()
+    out["rss_peak_bytes"] = peak()
+    out["rss_after_bytes"] = rss_now()
+    out["state_bytes"] = 2 * 4 * big
+    out["extra_bytes"] = out["rss_peak_bytes"] - out["rss_before_bytes"] - out["state_bytes"]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _run_child(mode: str, big: int, env_extra: dict | None = None, timeout=600) -> dict:
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(big)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"child {mode} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def measure_startup(quick: bool, advance=lambda: None) -> dict:
+    """Import and first-step times (warm cache: the in-process run has filled the default
+    Numba cache; cold: a fresh ``NUMBA_CACHE_DIR``) and peak RSS, fusedsched vs torch fused."""
+    big = 10**7 if quick else 32 * 10**6
+    res: dict = {"rss_tensor_numel": big}
+    try:
+        warm = [_run_child("fusedsched", big if i == 0 else 0) for i in range(1 if quick else 3)]
+        res["fusedsched_warm"] = warm[0]
+        res["import_torch_s"] = statistics.median(r["import_torch_s"] for r in warm)
+        res["import_fusedsched_s"] = statistics.median(r["import_fusedsched_s"] for r in warm)
+        res["first_step_warm_s"] = statistics.median(r["first_step_s"] for r in warm)
+        advance()
+        tf = _run_child("torch_fused", big)
+        res["torch_fused"] = tf
+        advance()
+        if not quick:
+            with tempfile.TemporaryDirectory(prefix="fusedsched-cold-") as d:
+                cold = _run_child("fusedsched", 0, {"NUMBA_CACHE_DIR": d})
+            res["first_step_cold_s"] = cold["first_step_s"]
+        advance()
+        fs_mem, tf_mem = res["fusedsched_warm"], tf
+        res["memory"] = {
+            "fusedsched_peak_rss_mb": fs_mem["rss_peak_bytes"] / 2**20,
+            "torch_fused_peak_rss_mb": tf_mem["rss_peak_bytes"] / 2**20,
+            "fusedsched_step_extra_mb": fs_mem["extra_bytes"] / 2**20,
+            "torch_fused_step_extra_mb": tf_mem["extra_bytes"] / 2**20,
+            "state_mb": fs_mem["state_bytes"] / 2**20,
+        }
+        res["goals"] = [
+            {"goal": "import fusedsched (after torch) <= 0.5 s", "value":
+             res["import_fusedsched_s"], "met": res["import_fusedsched_s"] <= 0.5},
+            {"goal": "first step, warm cache <= 1 s", "value": res["first_step_warm_s"],
+             "met": res["first_step_warm_s"] <= 1.0},
+            {"goal": "no second copy of params/state (step extra < 5% of state)",
+             "value": res["memory"]["fusedsched_step_extra_mb"],
+             "met": res["memory"]["fusedsched_step_extra_mb"]
+             < 0.05 * res["memory"]["state_mb"]},
+        ]
+    except Exception as exc:  # reported, not fatal: the timing table still stands
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# machine info and output
+
+
+def _openmp_runtimes() -> list[str]:
+    """OpenMP runtimes mapped into this process (two of them = two spinning thread pools)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "/lib" in line}
+    except OSError:
+        return []
+    return sorted(x for x in libs if any(k in os.path.basename(x)
+                                         for k in ("libgomp", "libiomp", "libomp")))
+
+
+def machine_info() -> dict:
+    import numba
+    import numpy
+    import torch
+
+    import fusedsched
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = None
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": layer,
+        "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "numba": numba.__version__, "numpy": numpy.__version__,
+        "fusedsched": fusedsched.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def _fmt(x, spec=".2f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["workload", "optimizer", "dtype", "kind", "n_tensors", "numel",
+                    "bytes_per_step", "provider", "ms_per_step", "gb_per_s", "ratio_roof",
+                    "fusedsched_speedup_vs_this"])
+        for rec in records:
+            fs_ms = rec["providers"].get("fusedsched", {}).get("ms")
+            for name, p in rec["providers"].items():
+                speed = p["ms"] / fs_ms if fs_ms and name in TORCH_PROVIDERS else None
+                w.writerow([rec["workload"], rec["optimizer"], rec["dtype"], rec["kind"],
+                            rec["n_tensors"], rec["numel"], rec["bytes_per_step"], name,
+                            f"{p['ms']:.6g}", f"{p['gbps']:.4g}",
+                            "" if p["ratio_roof"] is None else f"{p['ratio_roof']:.4g}",
+                            "" if speed is None else f"{speed:.4g}"])
+
+
+def write_png(path: Path, records: list[dict], machine: dict) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    singles = [r for r in records if r["kind"] == "single" and r["dtype"] == "float32"]
+    opts = [o for o in OPTIMIZERS if any(r["optimizer"] == o for r in singles)]
+    if not opts:
+        return False
+    cols = min(3, len(opts))
+    rows = math.ceil(len(opts) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    style = {"roof": dict(color="black", ls="--", lw=2, label="roof (no-math kernel)"),
+             "loop": dict(color="tab:gray", marker="o", label="torch for-loop"),
+             "foreach": dict(color="tab:blue", marker="s", label="torch foreach"),
+             "fused": dict(color="tab:orange", marker="^", label="torch fused"),
+             "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched")}
+    for ax, opt in zip(axes.flat, opts):
+        rs = sorted((r for r in singles if r["optimizer"] == opt), key=lambda r: r["numel"])
+        for name in PROVIDERS:
+            pts = [(r["numel"], r["providers"][name]["gbps"]) for r in rs
+                   if name in r["providers"]]
+            if pts:
+                ax.plot(*zip(*pts), **style[name])
+        ax.set_xscale("log")
+        ax.set_xlabel("elements (one fp32 tensor)")
+        ax.set_ylabel("GB/s (bytes moved per step / time)")
+        ax.set_title(f"{opt} fp32 ({rs[0]['bytes_per_step'] // rs[0]['numel']} B/elem)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylim(bottom=0)
+    for ax in list(axes.flat)[len(opts):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"optimizer step bandwidth, {machine['cpu']}, "
+                 f"{machine['torch_threads']} threads, torch {machine['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_table(console, records: list[dict], startup: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="ms/step (median over interleaved rounds); ratios are same-run",
+              show_lines=False)
+    for col, just in (("workload", "left"), ("elems", "right"), ("roof", "right"),
+                      ("loop", "right"), ("foreach", "right"), ("fused", "right"),
+                      ("fusedsched", "right"), ("fs GB/s", "right"), ("fs/roof", "right"),
+                      ("vs loop", "right"), ("vs foreach", "right"), ("vs fused", "right"),
+                      ("goals", "left")):
+        t.add_column(col, justify=just)
+    for rec in records:
+        p = rec["providers"]
+        ms = lambda n: _fmt(p[n]["ms"], ".3g") if n in p else "-"  # noqa: E731
+        s = rec["fusedsched"]
+        goals = " ".join(("[green]ok[/]" if g["met"] else "[red]MISS[/]" if g["met"] is False
+                          else "?") + f" {g['goal']}" for g in rec["goals"])
+        t.add_row(rec["workload"], _size_label(rec["numel"]), ms("roof"), ms("loop"),
+                  ms("foreach"), ms("fused"), ms("fusedsched"),
+                  _fmt(p.get("fusedsched", {}).get("gbps"), ".1f"),
+                  _fmt(s.get("ratio_roof"), ".3f"), _fmt(s.get("vs_loop"), ".2f") + "x",
+                  _fmt(s.get("vs_foreach"), ".2f") + "x",
+                  (_fmt(s.get("vs_fused"), ".2f") + "x") if "vs_fused" in s else "-", goals)
+    console.print(t)
+    if startup:
+        if "error" in startup:
+            console.print(f"[red]startup/memory measurement failed:[/] {startup['error']}")
+            return
+        mem = startup["memory"]
+        lines = [
+            f"import torch {startup['import_torch_s']:.2f} s, then import fusedsched "
+            f"{startup['import_fusedsched_s']:.3f} s",
+            f"first step() (Adam, 1k fp32): warm cache {startup['first_step_warm_s']:.3f} s"
+            + (f", cold cache {startup['first_step_cold_s']:.1f} s"
+               if "first_step_cold_s" in startup else ", cold cache not measured (--quick)")
+            + f"; torch fused first step {startup['torch_fused']['first_step_s']:.3f} s",
+            f"peak RSS, Adam on {_size_label(startup['rss_tensor_numel'])} fp32: fusedsched "
+            f"{mem['fusedsched_peak_rss_mb']:.0f} MB, torch fused "
+            f"{mem['torch_fused_peak_rss_mb']:.0f} MB; beyond params+grads+state during steps: "
+            f"fusedsched {mem['fusedsched_step_extra_mb']:.1f} MB, torch fused "
+            f"{mem['torch_fused_step_extra_mb']:.1f} MB (state {mem['state_mb']:.0f} MB)",
+        ]
+        for g in startup.get("goals", []):
+            lines.append(("[green]ok[/] " if g["met"] else "[red]MISS[/] ") + g["goal"]
+                         + f" (value {g['value']:.3g})")
+        for line in lines:
+            console.print(line)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="small workloads, 2 rounds, short timings (under a minute)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"folder for bench.json, bench.csv, bench.png (default: {DEFAULT_OUT})")
+    parser.add_argument("--json", metavar="FILE", help="JSON results (default: OUT/bench.json)")
+    parser.add_argument("--csv", metavar="FILE", help="CSV results (default: OUT/bench.csv)")
+    parser.add_argument("--png", metavar="FILE", help="GB/s plot (default: OUT/bench.png)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"],
+                        help="device to benchmark (only cpu for now)")
+    parser.add_argument("--rounds", type=int, default=None, metavar="R",
+                        help="interleaved rounds per workload (default: 5; --quick 2)")
+    parser.add_argument("--min-run-time", type=float, default=None, metavar="S",
+                        help="seconds per blocked_autorange measurement (default 0.2; --quick 0.05)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch.set_num_threads(N) first (numba follows torch); default: "
+                        "leave torch's threads alone (see --timer)")
+    parser.add_argument("--timer", default="timeit", choices=["timeit", "torch"],
+                        help="timeit: stdlib timeit.Timer blocks (default); torch: "
+                        "torch.utils.benchmark.Timer.blocked_autorange, which calls "
+                        "torch.set_num_threads around each measurement")
+    parser.add_argument("--only", action="append", default=None, metavar="TEXT",
+                        help="run only workloads whose name contains TEXT (repeatable)")
+    parser.add_argument("--no-startup", action="store_true",
+                        help="skip the subprocess measurements (import, first step, RSS)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+    except ImportError:  # rich is a dev extra: degrade to plain prints
+        Console = Progress = None
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        from .kernels.numba._common import setup_threads
+        setup_threads()      # numba threads = torch threads, fusedsched's threading layer
+    except ImportError:
+        import numba
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+    quick = args.quick
+    rounds = args.rounds or (2 if quick else 5)
+    min_run_time = args.min_run_time or (0.05 if quick else 0.2)
+    warmup_steps = 2 if quick else 3
+    workloads = make_workloads(quick)
+    if args.only:
+        workloads = [w for w in workloads if any(s in w.name for s in args.only)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = Path(args.json) if args.json else out / "bench.json"
+    csv_path = Path(args.csv) if args.csv else out / "bench.csv"
+    png_path = Path(args.png) if args.png else out / "bench.png"
+
+    console = (Console(width=None if sys.stdout.isatty() else 220) if Console else None)
+    n_startup = 0 if args.no_startup else 3
+    t_start = time.perf_counter()
+    records = []
+    startup = {}
+    if Progress:
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                            transient=False)
+    else:
+        progress = None
+
+    def say(msg):
+        if progress is None:
+            print(msg, flush=True)
+
+    ctx = progress if progress is not None else _Null()
+    with ctx:
+        task = progress.add_task("bench", total=len(workloads) + n_startup) if progress else None
+        for wl in workloads:
+            if progress:
+                progress.update(task, description=f"{wl.name:<34}")
+            say(f"[bench] {wl.name}")
+            records.append(measure_workload(wl, rounds, min_run_time, warmup_steps,
+                                            timer=args.timer))
+            if progress:
+                progress.advance(task)
+        if not args.no_startup:
+            if progress:
+                progress.update(task, description=f"{'startup and memory (subprocesses)':<34}")
+            say("[bench] startup and memory (subprocesses)")
+            startup = measure_startup(quick, advance=(lambda: progress.advance(task))
+                                      if progress else (lambda: None))
+    machine = machine_info()
+    result = {
+        "machine": machine,
+        "config": {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time,
+                   "warmup_steps": warmup_steps, "device": args.device,
+                   "timer": ("stdlib timeit.Timer, median of 5 blocks"
+                             if args.timer == "timeit" else
+                             "torch.utils.benchmark.Timer.blocked_autorange (median)")
+                            + ", median over interleaved rounds",
+                   "env": {k: os.environ.get(k) for k in (
+                       "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                       "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR")},
+                   "openmp_runtimes": _openmp_runtimes(),
+                   "schedule": f"warmup({WARMUP_STEPS}) + cosine({TOTAL_STEPS}); torch: "
+                               "LambdaLR of the same schedule, stepped after opt.step()",
+                   "wall_s": None},
+        "results": records,
+        "startup": startup,
+    }
+    result["config"]["wall_s"] = round(time.perf_counter() - t_start, 1)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1))
+    write_csv(csv_path, records)
+    png_ok = write_png(png_path, records, machine)
+    if console:
+        print_table(console, records, startup)
+        console.print(f"{machine['cpu']}, {machine['torch_threads']} torch / "
+                      f"{machine['numba_threads']} numba threads "
+                      f"({machine['numba_threading_layer']}), torch {machine['torch']}, "
+                      f"numba {machine['numba']}; {result['config']['wall_s']} s")
+        console.print(f"wrote {json_path}, {csv_path}" + (f", {png_path}" if png_ok else ""))
+    else:
+        print(json.dumps(records, indent=1))
+    bad = [r["workload"] for r in records if not r["params_finite"]]
+    if bad:
+        print(f"non-finite parameters after stepping: {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
