@@ -17,8 +17,33 @@ specialisation never recompiles: the schedule position and steps are read by poi
 """
 
 import torch
+import triton
+import triton.language as tl
 
 from .. import schedule_encoding as E
+
+
+# Device helpers shared by the kernels. fp32 division and sqrt are the correctly rounded
+# div_rn / sqrt_rn (Triton's default fp32 `/` is div.full.f32, ~2 ulp; torch's are exact).
+@triton.jit
+def _div(a, b, FP64: tl.constexpr):
+    if FP64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def _sqrt(a, FP64: tl.constexpr):
+    if FP64:
+        return tl.sqrt(a)
+    else:
+        return tl.sqrt_rn(a)
+
+
+@triton.jit
+def _lerp(a, b, w):
+    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
 
 # Per dtype: (Triton element type name, block size, math dtype is fp64).
 # Block sizes give every thread (num_warps=4, 128 threads) 128 bits per tensor per access:
@@ -136,6 +161,5 @@ def advance(steps, position, found_inf, advance_position):
 
 
 def tl_dtype(dtype):
-    import triton.language as tl
     return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
             torch.float64: tl.float64}[dtype]

@@ -12,28 +12,8 @@ import triton
 import triton.language as tl
 
 from . import _launch as L
+from ._launch import _div, _lerp, _sqrt
 from .schedule import _pow, evaluate
-
-
-@triton.jit
-def _div(a, b, FP64: tl.constexpr):
-    if FP64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
-
-
-@triton.jit
-def _sqrt(a, FP64: tl.constexpr):
-    if FP64:
-        return tl.sqrt(a)
-    else:
-        return tl.sqrt_rn(a)
-
-
-@triton.jit
-def _lerp(a, b, w):
-    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
 
 
 @triton.jit
@@ -79,7 +59,7 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
     if ok:
         pid = tl.program_id(0).to(tl.int64)
         ti = tl.load(blk_ptr + 2 * pid)
-        start = tl.load(blk_ptr + 2 * pid + 1)
+        start = tl.multiple_of(tl.load(blk_ptr + 2 * pid + 1), BLOCK)  # chunk starts are multiples of BLOCK
         row = tab_ptr + ti * 8
         n = tl.load(row)
         p_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))

@@ -1,0 +1,380 @@
+"""Triton backend (interpreted on CPU tensors) against the reference backend, and the
+schedule evaluator against ``fusedsched.schedules`` (DESIGN section 5, step 3).
+
+TRITON_INTERPRET must be set before triton is imported; if another test module imported
+triton first without it, ``@triton.jit`` made compiled-mode functions and these tests skip
+(tests/conftest.py should do ``os.environ.setdefault("TRITON_INTERPRET", "1")``).
+"""
+
+import math
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from fusedsched import schedules as S  # noqa: E402
+from fusedsched.kernels.reference import adam as ref_adam  # noqa: E402
+from fusedsched.kernels.reference import rmsprop as ref_rmsprop  # noqa: E402
+from fusedsched.kernels.reference import sgd as ref_sgd  # noqa: E402
+from fusedsched.kernels.triton import adam as tri_adam  # noqa: E402
+from fusedsched.kernels.triton import rmsprop as tri_rmsprop  # noqa: E402
+from fusedsched.kernels.triton import sgd as tri_sgd  # noqa: E402
+from fusedsched.kernels.triton.schedule import INTERPRET, evaluate  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not INTERPRET, reason="triton was imported before "
+                                "TRITON_INTERPRET=1 was set (set it in tests/conftest.py)")
+
+F64 = torch.float64
+
+
+@triton.jit
+def _eval_kernel(prog_ptr, n_nodes, ts_ptr, out_ptr):
+    i = tl.program_id(0)
+    f, m, h = evaluate(prog_ptr, n_nodes, tl.load(ts_ptr + i))
+    tl.store(out_ptr + 3 * i, f)
+    tl.store(out_ptr + 3 * i + 1, m)
+    tl.store(out_ptr + 3 * i + 2, h)
+
+
+def _evaluate(sched, ts):
+    prog = S.program(sched, "cpu")
+    t = torch.tensor([float(x) for x in ts], dtype=F64)
+    out = torch.zeros(len(ts), 3, dtype=F64)
+    _eval_kernel[(len(ts),)](prog, prog.shape[0], t, out)
+    return out
+
+
+SCHEDULES = [
+    S.constant(0.5),
+    S.linear(0.25, 1.0, 7),
+    S.linear(0.5, 0.1, 0),
+    S.step_decay(3, 0.5),
+    S.multistep([2, 5, 9], 0.3),
+    S.exponential(0.97),
+    S.polynomial(10, 2.0, 0.1),
+    S.cosine(12, 0.05),
+    S.cosine_restarts(3, 1, 0.1),
+    S.cosine_restarts(2, 2, 0.0),
+    S.cosine_restarts(1, 3, 0.2),
+    S.one_cycle(50),
+    S.one_cycle(20, pct_start=0.25, anneal="linear", three_phase=True),
+    S.one_cycle(10, three_phase=True),
+    S.cyclic(0.1, 4, mode="triangular"),
+    S.cyclic(0.5, 5, mode="triangular2", cycle_momentum=False),
+    S.cyclic(0.2, 3, step_size_down=5, mode="exp_range", gamma=0.99),
+    S.inverse_sqrt(4),
+    S.inverse_sqrt(0, 10),
+    S.warmup_stable_decay(4, 2, 4),
+    S.warmup_stable_decay(3, 2, 5, decay="cosine", end_factor=0.1, start_factor=0.2),
+    S.warmup_stable_decay(2, 1, 4, decay="1-sqrt"),
+    S.warmup_stable_decay(5, 5, 0),
+    S.warmup(S.cosine(10), 3, start_factor=0.1),
+    S.sequential([S.constant(0.5), S.constant(0.3), S.constant(1.0)], [3, 7]),
+    S.sequential([S.constant(0.1), S.exponential(0.5)], [0]),
+    S.sequential([S.warmup(S.one_cycle(12), 2), S.sequential([S.cyclic(0.3, 2), S.step_decay(2)], [5])], [6]),
+]
+
+BIG_T = [2**20 + 3, 10**7 + 1, 2**31 - 1, 2**31]
+
+
+@pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
+def test_evaluator_matches_python(sched):
+    ts = list(range(0, 60)) + BIG_T
+    out = _evaluate(sched, ts)
+    for i, t in enumerate(ts):
+        want = sched(t)
+        got = out[i, 0].item()
+        assert math.isfinite(got), (t, got)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), (t, got, want)
+        m = sched.momentum(t)
+        if m is None:
+            assert out[i, 2].item() == 0.0, t
+        else:
+            assert out[i, 2].item() == 1.0, t
+            assert out[i, 1].item() == pytest.approx(m, rel=1e-12, abs=1e-15), t
+
+
+def test_evaluator_public_cases():
+    # C1: one_cycle holds its final value for t >= e3
+    out = _evaluate(S.one_cycle(50), [0, 14, 49, 50, 51, 10**6])[:, 0].tolist()
+    assert out[0] == pytest.approx(0.04, rel=1e-12) and out[1] == pytest.approx(1.0, rel=1e-12)
+    assert out[2] == pytest.approx(4e-6, rel=1e-9) and out[3:] == [out[2]] * 3
+    # C4: triangular2 exactly 0.5 at t=10240, no overflow at 2**31
+    out = _evaluate(S.cyclic(0.5, 5, mode="triangular2", cycle_momentum=False), [10240, 2**31])
+    assert out[0, 0].item() == 0.5 and out[1, 0].item() == 0.5
+    # C6
+    out = _evaluate(S.warmup_stable_decay(4, 2, 4), range(11))[:, 0].tolist()
+    assert out == pytest.approx([0, .25, .5, .75, 1, 1, 1, .75, .5, .25, 0], abs=1e-15)
+
+
+# ------------------------------------------------------------------------------------------
+# optimizers: triton vs reference
+
+SHAPE_SETS = {
+    "empty_first_mixed": [(0,), (700,), (3,), (0,), (1030,), (0,)],
+    "many_small": [(k % 5 + 1,) for k in range(23)],
+    "single_odd": [(513,)],
+}
+
+
+def _grads(params, k, scale=1.0):
+    gen = torch.Generator().manual_seed(1000 + k)
+    return [(torch.randn(p.shape, generator=gen, dtype=F64) * scale).to(p.dtype) for p in params]
+
+
+def _tol(dtype):
+    return {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=2e-5, atol=2e-6),
+            torch.float16: dict(rtol=5e-3, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=2e-2)}[dtype]
+
+
+def _run(algo, dtype, shapes, flags, schedule, n_steps=3, amp=None):
+    gen = torch.Generator().manual_seed(7)
+    base = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+    results = []
+    for impl in ("triton", "reference"):
+        params = [p.clone() for p in base]
+        z = lambda: [torch.zeros_like(p) for p in params]  # noqa: E731
+        steps = [torch.zeros((), dtype=F64) for _ in params]
+        pos = torch.zeros((), dtype=F64)
+        prog = S.program(schedule, "cpu") if schedule is not None else None
+        if prog is None:
+            prog = S.program(S.constant(), "cpu")
+        if algo == "adam":
+            fn = (tri_adam if impl == "triton" else ref_adam).adam_step
+            st = [z(), z(), z() if flags["amsgrad"] else None]
+        elif algo == "sgd":
+            fn = (tri_sgd if impl == "triton" else ref_sgd).sgd_step
+            st = [z() if flags["momentum"] else None]
+        else:
+            fn = (tri_rmsprop if impl == "triton" else ref_rmsprop).rmsprop_step
+            st = [z(), z() if flags["centered"] else None, z() if flags["momentum"] else None]
+        grads_seen = []
+        for k in range(n_steps):
+            grads = _grads(params, k)
+            gs = fi = None
+            if amp is not None:
+                gs = torch.tensor(amp[0], dtype=torch.float32)
+                grads = [(g.to(F64) * amp[0]).to(dtype) for g in grads]
+                fi = torch.tensor(float(amp[1][k]), dtype=torch.float32)
+            if algo == "adam":
+                kw = dict(lr=0.05, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=flags["wd"],
+                          decoupled_weight_decay=flags["decoupled"], amsgrad=flags["amsgrad"])
+            elif algo == "sgd":
+                kw = dict(lr=0.1, momentum=0.9 if flags["momentum"] else 0.0,
+                          dampening=0.1 if not flags["nesterov"] else 0.0,
+                          weight_decay=flags["wd"], nesterov=flags["nesterov"])
+            else:
+                kw = dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=flags["wd"],
+                          momentum=0.8 if flags["momentum"] else 0.0, centered=flags["centered"])
+            fn(params, grads, *st, steps, maximize=flags["maximize"], schedule=prog,
+               position=pos, grad_scale=gs, found_inf=fi, **kw)
+            grads_seen.append(grads)
+        results.append((params, st, steps, pos, grads_seen))
+    return results
+
+
+def _compare(results, dtype):
+    (p1, s1, k1, pos1, g1), (p2, s2, k2, pos2, g2) = results
+    tol = _tol(dtype)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, **tol)
+    for la, lb in zip(s1, s2):
+        if la is not None:
+            for a, b in zip(la, lb):
+                torch.testing.assert_close(a, b, **tol)
+    assert [x.item() for x in k1] == [x.item() for x in k2]
+    assert pos1.item() == pos2.item()
+    for ga, gb in zip(g1, g2):
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, **tol)
+
+
+ADAM_FLAGS = [dict(amsgrad=a, decoupled=d, maximize=m, wd=w)
+              for a, d, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (False, True, False, 0.1), (True, True, True, 0.05)]]
+SGD_FLAGS = [dict(momentum=mo, nesterov=n, maximize=m, wd=w)
+             for mo, n, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (True, True, False, 0.05), (False, False, True, 0.1)]]
+RMS_FLAGS = [dict(centered=c, momentum=mo, maximize=m, wd=w)
+             for c, mo, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (False, True, False, 0.05), (True, True, True, 0.1)]]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ALGOS = [("adam", ADAM_FLAGS), ("sgd", SGD_FLAGS), ("rmsprop", RMS_FLAGS)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=[a for a, _ in ALGOS])
+def test_matches_reference_flags(algo, flag_list, dtype):
+    sched = S.warmup(S.cosine(6, 0.1), 2)
+    for i, flags in enumerate(flag_list):
+        shapes = list(SHAPE_SETS)[i % len(SHAPE_SETS)]
+        _compare(_run(algo, dtype, SHAPE_SETS[shapes], flags, sched), dtype)
+
+
+CYCLING = [S.one_cycle(6, pct_start=0.4), S.cyclic(0.2, 2, mode="triangular2"),
+           S.sequential([S.constant(0.3), S.one_cycle(4, three_phase=True)], [2])]
+
+
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=[a for a, _ in ALGOS])
+@pytest.mark.parametrize("sched", CYCLING, ids=repr)
+def test_cycling_schedules_drive_momentum(algo, flag_list, sched):
+    flags = flag_list[-1]  # momentum on (sgd, rmsprop) / amsgrad+decoupled (adam)
+    _compare(_run(algo, torch.float64, [(5,), (0,), (300,)], flags, sched, n_steps=6),
+             torch.float64)
+
+
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=[a for a, _ in ALGOS])
+def test_found_inf_and_grad_scale(algo, flag_list):
+    flags = flag_list[1]
+    res = _run(algo, torch.float32, [(3,), (0,), (600,)], flags, S.exponential(0.9),
+               n_steps=4, amp=(1024.0, [1, 0, 1, 0]))
+    _compare(res, torch.float32)
+    assert [s.item() for s in res[0][2]] == [2.0, 2.0, 2.0]
+    assert res[0][3].item() == 4.0
+
+
+def test_first_step_skipped_leaves_no_momentum_buffer():
+    # C13: a skipped first step leaves the buffer untouched, and the next one initialises it
+    p = [torch.ones(4)]
+    buf = [torch.full((4,), float("nan"))]
+    steps = [torch.zeros((), dtype=F64)]
+    pos = torch.zeros((), dtype=F64)
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+              maximize=False, schedule=S.program(S.constant(), "cpu"), position=pos)
+    tri_sgd.sgd_step(p, [torch.ones(4)], buf, steps, found_inf=torch.tensor(1.0), **kw)
+    assert torch.isnan(buf[0]).all() and steps[0].item() == 0 and pos.item() == 1
+    assert torch.equal(p[0], torch.ones(4))
+    tri_sgd.sgd_step(p, [torch.ones(4)], buf, steps, found_inf=torch.tensor(0.0), **kw)
+    assert torch.equal(buf[0], torch.ones(4)) and steps[0].item() == 1
+    torch.testing.assert_close(p[0], torch.full((4,), 0.9))
+
+
+def test_public_cases_adam():
+    # C5 warmup from zero; C7 amsgrad; C8 empty param anywhere; C14 fp16 zero grad
+    def adam(params, grads, n, lr, dtype=None, amsgrad=False, wd=0.0, dec=False, sched=None):
+        m = [torch.zeros_like(p) for p in params]
+        v = [torch.zeros_like(p) for p in params]
+        x = [torch.zeros_like(p) for p in params] if amsgrad else None
+        steps = [torch.zeros((), dtype=F64) for _ in params]
+        pos = torch.zeros((), dtype=F64)
+        prog = S.program(sched or S.constant(), "cpu")
+        for k in range(n):
+            tri_adam.adam_step(params, [g(k).to(p.dtype) for g, p in zip(grads, params)], m, v,
+                               x, steps, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=wd, decoupled_weight_decay=dec, amsgrad=amsgrad,
+                               maximize=False, schedule=prog, position=pos)
+        return m, v, x, steps
+    p = [torch.ones(1)]
+    m, *_ = adam(p, [lambda k: torch.ones(1)], 1, 0.1, sched=S.warmup(S.constant(), 4))
+    assert p[0].item() == 1.0 and m[0].item() == pytest.approx(0.1)
+    adam(p, [lambda k: torch.ones(1)], 0, 0.1)
+    p = [torch.zeros(1, dtype=F64)]
+    seq = [1.0, 0, 0, 0, 0]
+    _, _, x, _ = adam(p, [lambda k: torch.tensor([seq[k]], dtype=F64)], 5, 0.1, amsgrad=True)
+    assert p[0].item() == pytest.approx(-0.2968700184778925, rel=1e-13)
+    assert x[0].item() == pytest.approx(0.0010000000000000009, rel=1e-13)
+    for order in ([0, 1], [1, 0], [0, 1, 2]):
+        ts = [torch.ones(4), torch.empty(0), torch.ones(4)]
+        params = [ts[i] for i in order]
+        adam(params, [lambda k, n=p.numel(): torch.ones(n) for p in params], 1, 0.1)
+        for q in params:
+            if q.numel():
+                assert q.tolist() == [0.9000000357627869] * 4
+    for dt in (torch.float16, torch.bfloat16):
+        p = [torch.tensor([1.0, -2.0, 0.5], dtype=dt)]
+        adam(p, [lambda k: torch.zeros(3)], 1, 1e-3)
+        assert p[0].tolist() == [1.0, -2.0, 0.5]
+
+
+def test_tensor_hyperparameters_read_on_device():
+    # C15: lr as a 0-dim or 1-element tensor; changing it in place is seen by the next step
+    for lr in (torch.tensor(0.1), torch.tensor([0.1])):
+        p = [torch.ones(3)]
+        kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                  decoupled_weight_decay=False, amsgrad=False, maximize=False,
+                  schedule=S.program(S.constant(), "cpu"), position=torch.zeros((), dtype=F64))
+        st = [[torch.zeros(3)], [torch.zeros(3)], None, [torch.zeros((), dtype=F64)]]
+        tri_adam.adam_step(p, [torch.ones(3)], *st, lr=lr, **kw)
+        assert p[0].tolist() == [0.9000000357627869] * 3
+        lr.mul_(0.0)
+        tri_adam.adam_step(p, [torch.ones(3)], *st, lr=lr, **kw)
+        assert p[0].tolist() == [0.9000000357627869] * 3
+
+
+def test_schedule_advances_without_host_input():
+    # SGD, lr 1, grad 1: each step moves p by exactly -f(t), t advancing on the device
+    sched = S.sequential([S.constant(0.5), S.exponential(0.5)], [2])
+    prog = S.program(sched, "cpu")
+    p, steps, pos = [torch.zeros(3, dtype=F64)], [torch.zeros((), dtype=F64)], torch.zeros((), dtype=F64)
+    want = 0.0
+    for t in range(6):
+        tri_sgd.sgd_step(p, [torch.ones(3, dtype=F64)], None, steps, lr=1.0, momentum=0.0,
+                         dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+                         schedule=prog, position=pos)
+        want -= sched(t)
+        assert p[0].tolist() == [want] * 3
+    assert pos.item() == 6 and steps[0].item() == 6
+    # advance_position=False leaves the position alone
+    tri_sgd.sgd_step(p, [torch.ones(3, dtype=F64)], None, steps, lr=1.0, momentum=0.0,
+                     dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+                     schedule=prog, position=pos, advance_position=False)
+    assert pos.item() == 6 and steps[0].item() == 7
+
+
+def test_rmsprop_centered_never_nan():
+    # C9: fp32, grad 3.0 for 133 updates: variance clamped at 0, no NaN
+    p, steps, pos = [torch.zeros(1)], [torch.zeros((), dtype=F64)], torch.zeros((), dtype=F64)
+    sq, ga = [torch.zeros(1)], [torch.zeros(1)]
+    for _ in range(133):
+        tri_rmsprop.rmsprop_step(p, [torch.full((1,), 3.0)], sq, ga, None, steps, lr=0.01,
+                                 alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                                 centered=True, maximize=False,
+                                 schedule=S.program(S.constant(), "cpu"), position=pos)
+    assert torch.isfinite(p[0]).all()
+
+
+def test_tables_are_cached():
+    from fusedsched.kernels.triton import _launch as L
+    params = [torch.zeros(5), torch.zeros(0)]
+    grads = [torch.zeros(5), torch.zeros(0)]
+    steps = [torch.zeros((), dtype=F64) for _ in params]
+    a = L.tables(params, grads, [None], steps)
+    b = L.tables(params, grads, [None], steps)
+    assert a[0] is b[0] and a[2] == 1 and a[3]
+    h1 = L.hyperparameters(torch.device("cpu"), (0.1, 0.9))
+    assert h1 is L.hyperparameters(torch.device("cpu"), (0.1, 0.9))
+    assert h1.dtype == F64 and h1.tolist() == [0.1, 0.9]
+
+
+def test_aot_compiles_for_sm90():
+    # a handful of variants (the full table is `fusedsched aot`); runs in a subprocess
+    # without TRITON_INTERPRET
+    import json
+    import subprocess
+    import sys
+    code = (
+        "import json, sys\n"
+        "from fusedsched.kernels.triton import aot\n"
+        "aot.variants = lambda optimizer=None: [('adam', dict(AMSGRAD=True, DECOUPLED=True, MAXIMIZE=False, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True)), ('sgd', dict(USE_MOMENTUM=True, NESTEROV=True, MAXIMIZE=True, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False)), ('rmsprop', dict(CENTERED=True, USE_MOMENTUM=True, MAXIMIZE=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=True))]\n"
+        "aot.DTYPES = ('fp32', 'bf16')\n"
+        "json.dump(aot.compile_variants('sm_90'), sys.stdout)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.skip("aot compile timed out")
+    if out.returncode and "ptxas" in out.stderr and "not found" in out.stderr:
+        pytest.skip("no ptxas")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout)
+    assert len(rows) == 6
+    for r in rows:
+        assert r["arch"] == "sm_90" and r["n_spills"] == 0 and r["n_regs"] <= 128
+        assert r["max_load_bits"] == 128, r
