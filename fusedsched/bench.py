@@ -155,7 +155,6 @@ def make_workloads(quick: bool) -> list[Workload]:
         for opt in ("adam", "sgd_momentum", "rmsprop", "rmsprop_centered"):
             for n in (10**5, 10**6):
                 single(opt, n)
-        single("adam", 10**7)
         single("adam", 10**6, "bfloat16")
     else:
         for opt in OPTIMIZERS:
@@ -164,8 +163,9 @@ def make_workloads(quick: bool) -> list[Workload]:
         for opt in ("adam", "sgd_momentum"):
             for dtype in ("bfloat16", "float16"):
                 single(opt, 10**7, dtype)
-    w.append(Workload("adam float32 resnet50", "adam", "float32", resnet50_shapes(), "list"))
     if not quick:
+        w.append(Workload("adam float32 resnet50", "adam", "float32", resnet50_shapes(),
+                          "list"))
         w.append(Workload("adam float32 gpt2-small", "adam", "float32", gpt2_small_shapes(),
                           "list"))
     w.append(Workload("adam float32 1000x1k", "adam", "float32", [(1024,)] * 1000, "list"))
@@ -280,11 +280,11 @@ def _mem_available() -> int:
 # timing
 
 
-def _time_once(step, min_run_time: float, timer: str = "timeit") -> float:
+def _time_once(step, min_run_time: float, timer: str = "timeit", blocks: int = 5) -> float:
     """Median seconds per call of ``step`` over blocks of calls filling ``min_run_time``.
 
     ``timer="timeit"`` (default): the standard library's ``timeit.Timer`` (garbage collector
-    off while timing), ``BLOCKS`` blocks of a calibrated number of calls each.
+    off while timing), ``blocks`` blocks of a calibrated number of calls each.
     ``timer="torch"``: ``torch.utils.benchmark.Timer.blocked_autorange``. Not the default:
     it calls ``torch.set_num_threads`` around every measurement, and on a loaded 2-core
     machine that call alone (even to the current value) made torch's own per-op latency
@@ -301,15 +301,12 @@ def _time_once(step, min_run_time: float, timer: str = "timeit") -> float:
 
     t = timeit.Timer(step)
     once = t.timeit(1)                                   # also a warm-up call
-    number = max(1, int(min_run_time / BLOCKS / max(once, 1e-7)))
-    return statistics.median(t.repeat(repeat=BLOCKS, number=number)) / number
-
-
-BLOCKS = 5
+    number = max(1, int(min_run_time / blocks / max(once, 1e-7)))
+    return statistics.median(t.repeat(repeat=blocks, number=number)) / number
 
 
 def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_steps: int,
-                     providers=PROVIDERS, timer: str = "timeit") -> dict:
+                     providers=PROVIDERS, timer: str = "timeit", blocks: int = 5) -> dict:
     """Time every provider of ``wl`` interleaved; returns the workload's record."""
     import gc
 
@@ -348,7 +345,7 @@ def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_step
             k = r % len(order)
             for name in order[k:] + order[:k]:       # rotate: no provider always first
                 step = roof.step if name == "roof" else live[name].step
-                times[name].append(_time_once(step, min_run_time, timer))
+                times[name].append(_time_once(step, min_run_time, timer, blocks))
         for prov in live.values():
             prov.close()
         live.clear()
@@ -400,13 +397,17 @@ def summarize(wl: Workload, times: dict, errors: dict, finite: bool, split: bool
 # subprocess measurements: import time, first step, peak RSS
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 mode, big = sys.argv[1], int(sys.argv[2])
+def _status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
 def rss_now():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _status("VmRSS")
+def peak():   # VmHWM: this process image's peak (ru_maxrss would keep the forking parent's)
+    return _status("VmHWM")
 out = {}
 t0 = time.perf_counter()
 import torch
@@ -515,6 +516,7 @@ def _openmp_runtimes() -> list[str]:
 
 
 def machine_info() -> dict:
+    """CPU, threads, versions and the load average (other work skews every timing)."""
     import numba
     import numpy
     import torch
@@ -542,6 +544,7 @@ def machine_info() -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "numba": numba.__version__, "numpy": numpy.__version__,
         "fusedsched": fusedsched.__version__,
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 
@@ -713,6 +716,7 @@ def run(args: argparse.Namespace) -> int:
     rounds = args.rounds or (2 if quick else 5)
     min_run_time = args.min_run_time or (0.05 if quick else 0.2)
     warmup_steps = 2 if quick else 3
+    blocks = 3 if quick else 5
     workloads = make_workloads(quick)
     if args.only:
         workloads = [w for w in workloads if any(s in w.name for s in args.only)]
@@ -725,6 +729,10 @@ def run(args: argparse.Namespace) -> int:
     console = (Console(width=None if sys.stdout.isatty() else 220) if Console else None)
     n_startup = 0 if args.no_startup else 3
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    if console and load_start > 0.5 * (os.cpu_count() or 1):
+        console.print(f"[yellow]warning:[/] load average {load_start:.1f} on {os.cpu_count()} "
+                      "CPUs: other work is running, timings will be noisy and slow")
     records = []
     startup = {}
     if Progress:
@@ -734,9 +742,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         progress = None
 
-    def say(msg):
-        if progress is None:
-            print(msg, flush=True)
+    def say(msg):                    # a log line where no live progress bar shows
+        if progress is None or not console.is_terminal:
+            print(msg, file=sys.stderr, flush=True)
 
     ctx = progress if progress is not None else _Null()
     with ctx:
@@ -746,7 +754,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(task, description=f"{wl.name:<34}")
             say(f"[bench] {wl.name}")
             records.append(measure_workload(wl, rounds, min_run_time, warmup_steps,
-                                            timer=args.timer))
+                                            timer=args.timer, blocks=blocks))
             if progress:
                 progress.advance(task)
         if not args.no_startup:
@@ -756,11 +764,13 @@ def run(args: argparse.Namespace) -> int:
             startup = measure_startup(quick, advance=(lambda: progress.advance(task))
                                       if progress else (lambda: None))
     machine = machine_info()
+    machine["loadavg_1_at_start"] = round(load_start, 2)
     result = {
         "machine": machine,
         "config": {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time,
-                   "warmup_steps": warmup_steps, "device": args.device,
-                   "timer": ("stdlib timeit.Timer, median of 5 blocks"
+                   "warmup_steps": warmup_steps, "timeit_blocks": blocks,
+                   "device": args.device,
+                   "timer": (f"stdlib timeit.Timer, median of {blocks} blocks"
                              if args.timer == "timeit" else
                              "torch.utils.benchmark.Timer.blocked_autorange (median)")
                             + ", median over interleaved rounds",
