@@ -183,7 +183,8 @@ def evaluate(program_ptr, n_nodes, t):
         p = (t - d0) / tl.where(a3 > 0, a3, 1.0)
         law = tl.where(a4 == 0, 1.0 - p,
                        tl.where(a4 == 1, 0.5 * (1.0 + tl.cos(3.141592653589793 * p)), 1.0 - tl.sqrt(tl.maximum(p, 0.0))))
-        decay = law * (1.0 - a5) + a5
-        warm = a6 + (1.0 - a6) * t / tl.where(a1 > 0, a1, 1.0)
-        factor = tl.where(t < a1, warm, tl.where(t < d0, one, tl.where(t < d0 + a3, decay, a5)))
+        decay = a5 + (1.0 - a5) * law
+        warm = a6 + (1.0 - a6) * (t / tl.where(a1 > 0, a1, 1.0))
+        # t == W+S gives 1 also when D == 0 (1 is reached before the drop, case C6)
+        factor = tl.where(t < a1, warm, tl.where(t <= d0, one, tl.where(t < d0 + a3, decay, a5)))
     return factor, mom, has_m
