@@ -105,8 +105,8 @@ def _cosine_restarts(r, t):
 def _wsd(r, t):
     w, s, d, decay, end, start = r[1], r[2], r[3], r[4], r[5], r[6]
     if t < w:
-        return start + (1.0 - start) * t / w
-    if t < w + s:
+        return start + (1.0 - start) * (t / w)
+    if t <= w + s:                     # t == W + S with D == 0: 1 before the drop (C6)
         return 1.0
     if t < w + s + d:
         progress = (t - w - s) / d

@@ -1,0 +1,377 @@
+"""Numba CPU kernels against the pure-torch reference backend (DESIGN section 5, step 3).
+
+Every step of a run starts the two backends from identical tensors (the reference copies
+the Numba result after each comparison), so each step is checked at full precision:
+float64 to 1e-12, float32 to 1e-6 relative, float16/bfloat16 within 1 ulp (the reference
+computes in float32 too; a 1-ulp flip is a float32 rounding difference crossing a 16-bit
+rounding boundary).
+
+Compile time dominates this file: the kernels take the flags at run time, so there is one
+compilation per (algorithm, dtype), reused from Numba's on-disk cache in later runs.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fusedsched import schedules as S
+from fusedsched.kernels.numba import adam as nadam
+from fusedsched.kernels.numba import rmsprop as nrms
+from fusedsched.kernels.numba import sgd as nsgd
+from fusedsched.kernels.numba._common import CHUNK
+from fusedsched.kernels.numba.schedule import evaluate
+from fusedsched.kernels.reference import adam as radam
+from fusedsched.kernels.reference import rmsprop as rrms
+from fusedsched.kernels.reference import sgd as rsgd
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+SHAPES = {
+    "empty_first": [0, 7, CHUNK + 3],
+    "empty_middle": [5, 0, 2 * CHUNK + 1],
+    "empty_last": [CHUNK - 1, 1, 0],
+    "many_small": [1 + (37 * i) % 300 for i in range(250)],
+}
+
+SCHEDULES = {
+    "constant": S.constant(),
+    "nested": S.warmup(S.sequential([S.cosine(3, end_factor=0.1), S.exponential(0.9)],
+                                    milestones=[3]), warmup_steps=2, start_factor=0.1),
+    "one_cycle": S.one_cycle(total_steps=6, pct_start=0.4),
+    "cyclic2": S.cyclic(0.2, step_size_up=1, step_size_down=2, mode="triangular2"),
+}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+def _ordered(x):
+    """16-bit floats as integers ordered like their values (adjacent floats differ by 1)."""
+    b = x.view(torch.int16).to(torch.int32)
+    return torch.where(b < 0, -(b & 0x7FFF), b)
+
+
+def assert_close(actual, expected, what):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    if actual.numel() == 0:
+        return
+    nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
+    assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
+    a, e = actual[~nan_a], expected[~nan_e]
+    if actual.dtype in (torch.float16, torch.bfloat16):
+        # 1 ulp, or float32-level agreement where the result cancels to near 0 (a lerp
+        # m + w*(g - m) ~ 0 differs in float32 by FMA contraction in torch's loop, and
+        # that difference is many 16-bit ulps of a tiny result).
+        ulps = (_ordered(a) - _ordered(e)).abs()
+        near = (a.float() - e.float()).abs() <= 1e-6 * e.float().abs().max()
+        bad = (ulps > 1) & ~near
+        assert not bad.any(), f"{what}: {ulps[bad].max().item()} ulps apart at {bad.sum().item()} elements"
+    else:
+        # float32: 1e-5, not 1e-6: the centered RMSprop variance sq - ga**2 cancels, and
+        # torch contracts ga*ga into an FMA in its vectorised loop (measured 1.7e-6 relative).
+        tol = 1e-12 if actual.dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+
+def _randn(sizes, dtype, seed, scale=1.0, positive=False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in sizes:
+        x = torch.randn(n, generator=g, dtype=torch.float64) * scale
+        out.append((x.abs() if positive else x).to(dtype))
+    return out
+
+
+def _clone(xs):
+    return None if xs is None else [x.clone() for x in xs]
+
+
+def _copy_into(dst, src):
+    if dst is not None:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
+class Case:
+    """Tensors of one algorithm run; ``lists`` are the positional tensor lists."""
+
+    def __init__(self, algo, dtype, sizes, opts, seed=0):
+        self.algo, self.opts = algo, dict(opts)
+        p = _randn(sizes, dtype, seed)
+        g = _randn(sizes, dtype, seed + 1)
+        steps = [torch.tensor(float(i % 3), dtype=torch.float64) for i in range(len(sizes))]
+        if algo == "sgd":
+            buf = _randn(sizes, dtype, seed + 2) if opts["momentum_path"] else None
+            self.lists = [p, g, buf, steps]
+        elif algo == "rmsprop":
+            sq = _randn(sizes, dtype, seed + 2, 0.5, positive=True)
+            ga = _randn(sizes, dtype, seed + 3, 0.1) if opts["centered"] else None
+            buf = _randn(sizes, dtype, seed + 4, 0.1) if opts["momentum_path"] else None
+            self.lists = [p, g, sq, ga, buf, steps]
+        else:
+            m = _randn(sizes, dtype, seed + 2, 0.1)
+            v = _randn(sizes, dtype, seed + 3, 0.5, positive=True)
+            vmax = _randn(sizes, dtype, seed + 4, 0.6, positive=True) if opts["amsgrad"] else None
+            self.lists = [p, g, m, v, vmax, steps]
+        self.opts.pop("momentum_path", None)
+
+    def clone(self):
+        c = Case.__new__(Case)
+        c.algo, c.opts = self.algo, self.opts
+        c.lists = [_clone(x) for x in self.lists]
+        return c
+
+    def step(self, backend, schedule, position, **kw):
+        fn = {"sgd": (nsgd.sgd_step, rsgd.sgd_step),
+              "rmsprop": (nrms.rmsprop_step, rrms.rmsprop_step),
+              "adam": (nadam.adam_step, radam.adam_step)}[self.algo][backend == "reference"]
+        fn(*self.lists, schedule=schedule, position=position, **self.opts, **kw)
+
+    def compare_and_sync(self, ref, what):
+        for k, (mine, theirs) in enumerate(zip(self.lists, ref.lists)):
+            if mine is None:
+                continue
+            for i, (a, e) in enumerate(zip(mine, theirs)):
+                assert_close(a, e, f"{what} list {k} tensor {i}")
+            _copy_into(theirs, mine)
+
+
+def _grad_scale(dtype):
+    return torch.tensor(4.0, dtype=torch.float32)
+
+
+ALGOS = {
+    "sgd": [
+        dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+             maximize=False, momentum_path=False),
+        dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=False,
+             maximize=True, momentum_path=True),
+        dict(lr=torch.tensor(0.05), momentum=0.8, dampening=0.0, weight_decay=0.0,
+             nesterov=True, maximize=False, momentum_path=True),
+    ],
+    "rmsprop": [
+        dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+             maximize=False, momentum_path=False),
+        dict(lr=0.01, alpha=0.99, eps=1e-6, weight_decay=0.1, momentum=0.9, centered=True,
+             maximize=True, momentum_path=True),
+        dict(lr=torch.tensor(0.02), alpha=0.3, eps=1e-8, weight_decay=0.0, momentum=0.0,
+             centered=True, maximize=False, momentum_path=False),
+    ],
+    "adam": [
+        dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+             decoupled_weight_decay=False, amsgrad=False, maximize=False),
+        dict(lr=0.01, beta1=0.3, beta2=0.99, eps=1e-6, weight_decay=0.1,
+             decoupled_weight_decay=False, amsgrad=True, maximize=True),
+        dict(lr=torch.tensor(0.02), beta1=torch.tensor(0.8), beta2=0.95, eps=1e-8,
+             weight_decay=0.05, decoupled_weight_decay=True, amsgrad=False, maximize=False),
+    ],
+}
+
+
+def _configs():
+    out = []
+    for algo, optss in ALGOS.items():
+        for k, opts in enumerate(optss):
+            shape = list(SHAPES)[k % len(SHAPES)]
+            sched = list(SCHEDULES)[(k + len(out)) % len(SCHEDULES)]
+            out.append(pytest.param(algo, opts, shape, sched, id=f"{algo}{k}-{shape}-{sched}"))
+    # every shape and schedule for the plain Adam configuration too
+    for shape in SHAPES:
+        for sched in SCHEDULES:
+            out.append(pytest.param("adam", ALGOS["adam"][0], shape, sched,
+                                    id=f"adam0-{shape}-{sched}"))
+    return out
+
+
+# --------------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("algo,opts,shape,sched", _configs())
+def test_matches_reference(algo, opts, shape, sched, dtype):
+    if algo == "adam" and sched != "constant" and opts is ALGOS["adam"][0] and dtype != torch.float32:
+        pytest.skip("the shape x schedule sweep runs in float32 only")
+    mine = Case(algo, dtype, SHAPES[shape], opts)
+    ref = mine.clone()
+    schedule = S.program(SCHEDULES[sched], "cpu")
+    pos_mine = torch.tensor(0.0, dtype=torch.float64)
+    pos_ref = pos_mine.clone()
+    for k in range(6):
+        gs = _grad_scale(dtype) if k % 2 else None
+        mine.step("numba", schedule, pos_mine, grad_scale=gs)
+        ref.step("reference", schedule, pos_ref, grad_scale=gs)
+        mine.compare_and_sync(ref, f"step {k}")
+        assert pos_mine.item() == pos_ref.item() == k + 1
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_found_inf_writes_nothing_but_position(algo):
+    opts = ALGOS[algo][1]
+    case = Case(algo, torch.float32, SHAPES["empty_middle"], opts)
+    before = case.clone()
+    position = torch.tensor(3.0, dtype=torch.float64)
+    case.step("numba", S.program(S.constant(), "cpu"), position,
+              grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0))
+    assert position.item() == 4.0
+    for mine, orig in zip(case.lists, before.lists):
+        for a, b in zip(mine or [], orig or []):
+            assert torch.equal(a, b)
+    case.step("numba", S.program(S.constant(), "cpu"), position, found_inf=torch.tensor(0.0),
+              advance_position=False)
+    assert position.item() == 4.0
+    assert [s.item() for s in case.lists[-1]] == [s.item() + 1 for s in before.lists[-1]]
+
+
+def test_adam_public_cases():
+    prog = S.program(S.constant(), "cpu")
+    # C8: an empty parameter anywhere in the group
+    for order in ([0, 1], [1, 0], [0, 1, 0]):
+        params = [torch.ones(4) if k == 0 else torch.empty(0) for k in order]
+        zeros = lambda: [torch.zeros_like(p) for p in params]  # noqa: E731
+        steps = [torch.tensor(0.0, dtype=torch.float64) for _ in params]
+        nadam.adam_step(params, [torch.ones_like(p) for p in params], zeros(), zeros(), None,
+                        steps, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                        decoupled_weight_decay=False, amsgrad=False, maximize=False,
+                        schedule=prog, position=torch.tensor(0.0, dtype=torch.float64))
+        for p in params:
+            assert p.numel() == 0 or torch.all(p == 0.9000000357627869)
+    # C13: grad_scale 1024 with grad 1024 equals the unscaled update
+    p, g = torch.ones(4), torch.full((4,), 1024.0)
+    m, v = torch.zeros(4), torch.zeros(4)
+    nadam.adam_step([p], [g], [m], [v], None, [torch.tensor(0.0, dtype=torch.float64)],
+                    lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled_weight_decay=False, amsgrad=False, maximize=False, schedule=prog,
+                    position=torch.tensor(0.0, dtype=torch.float64),
+                    grad_scale=torch.tensor(1024.0))
+    assert torch.all(p == 0.90000004) and torch.all(g == 1.0) and torch.allclose(m, torch.full((4,), 0.1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("algo", ["adam", "rmsprop"])
+def test_zero_grad_16bit_stays_finite(algo, dtype):
+    """C14: eps is added in float32, so a zero gradient leaves 16-bit parameters unchanged."""
+    p = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+    g, s1, s2 = torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)
+    steps = [torch.tensor(0.0, dtype=torch.float64)]
+    kw = dict(schedule=S.program(S.constant(), "cpu"), position=torch.tensor(0.0, dtype=torch.float64))
+    if algo == "adam":
+        nadam.adam_step([p], [g], [s1], [s2], None, steps, lr=1e-3, beta1=0.9, beta2=0.999,
+                        eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                        amsgrad=False, maximize=False, **kw)
+    else:
+        nrms.rmsprop_step([p], [g], [s1], None, None, steps, lr=1e-3, alpha=0.99, eps=1e-8,
+                          weight_decay=0.0, momentum=0.0, centered=False, maximize=False, **kw)
+    assert torch.equal(p, torch.tensor([1.0, -2.0, 0.5], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_rmsprop_centered_clamps_variance(dtype):
+    """C9: centered RMSprop, grad 3.0 for 133 updates: float32 stays finite (torch: NaN at
+    update 133); float64 gives the exact-arithmetic value."""
+    p, g = torch.zeros(1, dtype=dtype), torch.full((1,), 3.0, dtype=dtype)
+    sq, ga = torch.zeros(1, dtype=dtype), torch.zeros(1, dtype=dtype)
+    steps = [torch.tensor(0.0, dtype=torch.float64)]
+    pos = torch.tensor(0.0, dtype=torch.float64)
+    prog = S.program(S.constant(), "cpu")
+    for k in range(133):
+        nrms.rmsprop_step([p], [g], [sq], [ga], None, steps, lr=0.01, alpha=0.9, eps=1e-8,
+                          weight_decay=0.0, momentum=0.0, centered=True, maximize=False,
+                          schedule=prog, position=pos)
+        assert torch.isfinite(p).all(), k
+        if dtype == torch.float64 and k in (0, 9):
+            assert p.item() == pytest.approx({0: -0.0333333330, 9: -0.224476379}[k], abs=1e-9)
+    if dtype == torch.float64:
+        assert p.item() == pytest.approx(-215.041122, abs=1e-6)
+
+
+def test_16bit_conversions_exhaustive():
+    """Every float16 / bfloat16 bit pattern round-trips, and float32 values round to nearest
+    even like torch (halfway points, subnormals, overflow to inf, NaN)."""
+    prog = S.program(S.constant(0.0), "cpu")       # lr 0: p = p + 0 * g, a pure round trip
+    for dtype in (torch.float16, torch.bfloat16):
+        bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+        p = bits.view(dtype).clone()
+        g = torch.zeros_like(p)
+        nsgd.sgd_step([p], [g], None, [torch.tensor(0.0, dtype=torch.float64)], lr=1.0,
+                      momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                      maximize=False, schedule=prog, position=torch.tensor(0.0, dtype=torch.float64))
+        nan = torch.isnan(bits.view(dtype))
+        assert torch.equal(p.view(torch.int16)[~nan], bits[~nan])
+        assert torch.isnan(p[nan]).all()
+    # float32 -> 16 bit: the grad_scale write-back stores g / 3 computed in float32
+    x = torch.cat([torch.randn(100000) * s for s in (1e-9, 1e-6, 1e-5, 1e-3, 1.0, 1e3, 6e4, 1e38)]
+                  + [torch.tensor([65504.0, 65519.99, 65520.0, 70000.0, math.inf, -math.inf,
+                                   math.nan, 0.0, -0.0, 2.0 ** -25, 2.0 ** -24 * 1.5])])
+    for dtype in (torch.float16, torch.bfloat16):
+        g = (x * 3.0).to(dtype)
+        expected = (g.float() / 3.0).to(dtype)
+        p = torch.zeros_like(g)
+        nsgd.sgd_step([p], [g], None, [torch.tensor(0.0, dtype=torch.float64)], lr=1.0,
+                      momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                      maximize=False, schedule=prog, position=torch.tensor(0.0, dtype=torch.float64),
+                      grad_scale=torch.tensor(3.0))
+        nan = torch.isnan(expected)
+        assert torch.equal(torch.isnan(g), nan)
+        assert torch.equal(g.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+
+
+# ------------------------------------------------------------------- schedule evaluator
+
+ALL_KINDS = [
+    S.constant(0.7),
+    S.linear(0.25, 1.0, 10),
+    S.linear(0.5, 0.2, 0),
+    S.step_decay(3, 0.5),
+    S.multistep([2, 5, 9], 0.3),
+    S.exponential(0.97),
+    S.polynomial(12, 2.0, 0.1),
+    S.polynomial(0, 2.0, 0.1),
+    S.cosine(20, 0.05),
+    S.cosine(0, 0.05),
+    S.cosine_restarts(10),
+    S.cosine_restarts(7, 2, 0.1),
+    S.cosine_restarts(3, 3),
+    S.one_cycle(50),
+    S.one_cycle(37, pct_start=0.25, anneal="linear", three_phase=True),
+    S.one_cycle(10, pct_start=0.5, cycle_momentum=False),
+    S.cyclic(0.1, step_size_up=5),
+    S.cyclic(0.5, step_size_up=5, mode="triangular2", cycle_momentum=False),
+    S.cyclic(0.3, step_size_up=4, step_size_down=7, mode="exp_range", gamma=0.999),
+    S.inverse_sqrt(10),
+    S.inverse_sqrt(0, timescale=100),
+    S.warmup_stable_decay(4, 2, 4),
+    S.warmup_stable_decay(5, 5, 0),
+    S.warmup_stable_decay(100, 0, 0),
+    S.warmup_stable_decay(3, 4, 8, decay="cosine", end_factor=0.1, start_factor=0.2),
+    S.warmup_stable_decay(3, 4, 8, decay="1-sqrt"),
+    S.warmup(S.cosine(10), 5, 0.1),
+    S.sequential([S.constant(0.1), S.exponential(0.5)], milestones=[0]),
+    S.sequential([S.constant(0.5), S.constant(0.3), S.warmup(S.one_cycle(20), 3)],
+                 milestones=[3, 7]),
+]
+
+POSITIONS = sorted(set(list(range(0, 130)) + [2 ** k + d for k in range(7, 32) for d in (-1, 0, 1)]
+                       + [10240, 2 ** 31]))
+
+
+@pytest.mark.parametrize("schedule", ALL_KINDS, ids=repr)
+def test_evaluator_matches_python_reference(schedule):
+    program = S.program(schedule, "cpu").numpy()
+    for t in POSITIONS:
+        factor, momentum, has_momentum = evaluate(program, float(t))
+        expected = schedule(t)
+        assert math.isfinite(factor), (t, factor)
+        assert factor == pytest.approx(expected, rel=1e-12, abs=1e-13), t
+        sm = schedule.momentum(t)
+        if sm is None:
+            assert has_momentum == 0.0
+        else:
+            assert has_momentum == 1.0 and momentum == pytest.approx(sm, rel=1e-12, abs=1e-13), t
+
+
+def test_evaluator_cyclic_triangular2_long_run():
+    """C4: 5e-5 / 1e-4 = 0.5 exactly at t = 10240; no overflow up to 2**31."""
+    program = S.program(S.cyclic(0.5, step_size_up=5, mode="triangular2", cycle_momentum=False),
+                        "cpu").numpy()
+    assert evaluate(program, 10240.0)[0] == 0.5
+    assert evaluate(program, float(2 ** 31 + 3))[0] == 0.5
