@@ -370,6 +370,7 @@ def summarize(wl: Workload, times: dict, errors: dict, finite: bool, split: bool
             "gbps": wl.bytes_per_step / t / 1e9,
             "ratio_roof": t / med["roof"] if "roof" in med else None,
             "rounds_ms": [x * 1e3 for x in times[name]],
+            "spread": max(times[name]) / min(times[name]),   # > ~1.1: a noisy machine
         }
     fs_t = med.get("fusedsched")
     speed = {}
