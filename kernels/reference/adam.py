@@ -6,7 +6,8 @@ Operation order of torch's ``_single_tensor_adam`` (torch/optim/adam.py), with
 
 import torch
 
-from ._common import advance, as_scalar, load_grad, math_dtype, schedule_scalars, skip_mask, store
+from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, schedule_scalars,
+                      skip_mask, store)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
@@ -34,9 +35,10 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
             if decoupled_weight_decay:
                 p = p * (1 - lr_t * weight_decay).to(dtype)
             else:
-                grad = grad + weight_decay * p
-        exp_avg = torch.lerp(exp_avgs[i].to(dtype), grad, (1 - beta1_t).to(dtype))
-        exp_avg_sq = exp_avg_sqs[i].to(dtype) * beta2_t.to(dtype) + (1 - beta2_t).to(dtype) * grad * grad
+                grad = fma(p, as_scalar(weight_decay, p.device).to(dtype), grad)
+        exp_avg = lerp(exp_avgs[i].to(dtype), grad, (1 - beta1_t).to(dtype))
+        exp_avg_sq = fma((1 - beta2_t).to(dtype) * grad, grad,
+                         exp_avg_sqs[i].to(dtype) * beta2_t.to(dtype))
         if amsgrad:
             max_exp_avg_sq = torch.maximum(max_exp_avg_sqs[i].to(dtype), exp_avg_sq)
             denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps

@@ -9,7 +9,8 @@ torch's rounding can make it negative and produce NaN (case C9).
 
 import torch
 
-from ._common import advance, as_scalar, load_grad, math_dtype, schedule_scalars, skip_mask, store
+from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, schedule_scalars,
+                      skip_mask, store)
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
@@ -28,18 +29,19 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
         p = param.to(dtype)
         grad = load_grad(grads[i], dtype, grad_scale, skip, maximize)
         if weight_decay != 0:
-            grad = grad + weight_decay * p
-        square_avg = square_avgs[i].to(dtype) * alpha_t.to(dtype) + (1 - alpha_t).to(dtype) * grad * grad
+            grad = fma(p, as_scalar(weight_decay, p.device).to(dtype), grad)
+        square_avg = fma((1 - alpha_t).to(dtype) * grad, grad,
+                         square_avgs[i].to(dtype) * alpha_t.to(dtype))
         if centered:
-            grad_avg = torch.lerp(grad_avgs[i].to(dtype), grad, (1 - alpha_t).to(dtype))
-            avg = (square_avg - grad_avg * grad_avg).clamp_min(0).sqrt()
+            grad_avg = lerp(grad_avgs[i].to(dtype), grad, (1 - alpha_t).to(dtype))
+            avg = fma(-grad_avg, grad_avg, square_avg).clamp_min(0).sqrt()
             store(grad_avgs[i], grad_avg, skip)
         else:
             avg = square_avg.sqrt()
         avg = avg + eps
         if momentum_buffers is not None:
             buf = momentum_buffers[i].to(dtype) * momentum_t.to(dtype) + grad / avg
-            p = p + (-lr_t).to(dtype) * buf
+            p = fma(buf, (-lr_t).to(dtype), p)
             store(momentum_buffers[i], buf, skip)
         else:
             p = p + (-lr_t).to(dtype) * grad / avg

@@ -9,7 +9,7 @@ applied update (``step == 0``), as torch's ``torch.clone(grad)``.
 
 import torch
 
-from ._common import advance, load_grad, math_dtype, schedule_scalars, skip_mask, store
+from ._common import advance, as_scalar, fma, load_grad, math_dtype, schedule_scalars, skip_mask, store
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
@@ -27,13 +27,14 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
         p = param.to(dtype)
         grad = load_grad(grads[i], dtype, grad_scale, skip, maximize)
         if weight_decay != 0:
-            grad = grad + weight_decay * p
+            grad = fma(p, as_scalar(weight_decay, p.device).to(dtype), grad)
         if momentum_buffers is not None:
             m = momentum_t.to(dtype)
+            one_minus_dampening = as_scalar(1 - dampening, p.device).to(dtype)
             buf = torch.where(steps[i] == 0, grad,
-                              momentum_buffers[i].to(dtype) * m + (1 - dampening) * grad)
+                              fma(grad, one_minus_dampening, momentum_buffers[i].to(dtype) * m))
             store(momentum_buffers[i], buf, skip)
-            grad = grad + m * buf if nesterov else buf
-        p = p + (-lr_t).to(dtype) * grad
+            grad = fma(buf, m, grad) if nesterov else buf
+        p = fma(grad, (-lr_t).to(dtype), p)
         store(param, p, skip)
     advance(steps, position, skip, advance_position)
