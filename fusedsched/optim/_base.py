@@ -238,8 +238,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 device, torch.float64).clone().reshape(())
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and "step" in state:
-                    state["step"] = torch.as_tensor(state["step"]).to(
+                if state:
+                    # torch's SGD keeps no count: a parameter with state has had at least
+                    # one update, which is all our SGD kernel asks of it (first or not).
+                    step = state.get("step", 1.0)
+                    state["step"] = torch.as_tensor(step).to(
                         p.device, torch.float64).clone().reshape(())
 
     def _group_momentum(self, group):
