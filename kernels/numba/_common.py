@@ -74,6 +74,132 @@ def _bits_to_f32(typingctx, x):
     return types.float32(types.uint32), codegen
 
 
+@intrinsic
+def fma(typingctx, x, y, z):
+    """``x * y + z`` rounded once (``llvm.fma``; one ``vfmadd`` per vector in the loops on
+    x86 with FMA): the fused multiply-adds of ``kernels/reference/_common.fma``, placed
+    exactly where the reference has them. Nothing else is contracted (no ``fastmath``)."""
+    if not (isinstance(x, types.Float) and x == y and y == z):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(args[0], args[1], args[2])
+
+    return x(x, y, z), codegen
+
+
+@njit(**JIT)
+def lerp(start, end, w, one_m_w, small_w):
+    """torch's ``start.lerp_(end, w)`` as ``kernels/reference/_common.lerp``:
+    ``fma(w, end - start, start)`` when ``small_w`` (w < 0.5), else
+    ``fma(-(end - start), 1 - w, end)``."""
+    diff = end - start
+    if small_w:
+        return fma(w, diff, start)
+    return fma(-diff, one_m_w, end)
+
+
+# ------------------------------------------------------------------------------ sqrt
+#
+# torch's CPU ``Tensor.sqrt()`` of a contiguous float32/float64 tensor is MKL's vector
+# sqrt (ATen/cpu/vml.h: vmsSqrt / vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF |
+# VML_ERRMODE_IGNORE), which is not correctly rounded: measured on this AMD EPYC (AVX2)
+# with torch 2.14.1, 14% of float32 and 1.2% of float64 square roots differ by 1 ulp from
+# IEEE sqrt (position independent; LA/HA/EP modes identical). For results bit-identical to
+# torch's for-loop the kernels take the square roots of each block of BLOCK elements through
+# the same MKL function (exported by libtorch_cpu); without MKL in torch, torch's sqrt is
+# IEEE (``_mm256_sqrt_ps``) and the kernels use ``math.sqrt``. ``sqrt_fns()`` picks, checked
+# once per process against ``torch.sqrt`` on probe values.
+
+BLOCK = 512                     # elements per sqrt batch (far below MKL's threading size)
+_VML_MODE = 0x2 | 0x100 | 0x140000          # VML_HA | VML_ERRMODE_IGNORE | VML_FTZDAZ_OFF
+
+
+@intrinsic
+def _call_vsqrt(typingctx, fn, n, src, dst):
+    """``fn(int32 n, T *src, T *dst, int64 mode)`` through the address ``fn`` (MKL's
+    vmsSqrt / vmdSqrt signature, LP64)."""
+    if not all(isinstance(a, types.Integer) for a in (fn, n, src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p, i8p, ir.IntType(64)])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(f, [builder.trunc(args[1], ir.IntType(32)), builder.inttoptr(args[2], i8p),
+                         builder.inttoptr(args[3], i8p), ir.Constant(ir.IntType(64), _VML_MODE)])
+        return context.get_dummy_value()
+
+    return types.none(fn, n, src, dst), codegen
+
+
+@njit(**JIT)
+def vsqrt(fn, buf, n):
+    """``buf[:n] = sqrt(buf[:n])`` as torch's CPU sqrt rounds (``fn``: the MKL function's
+    address, 0 for IEEE sqrt)."""
+    if fn != 0:
+        if n > 0:
+            _call_vsqrt(fn, n, buf.ctypes.data, buf.ctypes.data)
+    else:
+        for k in range(n):
+            buf[k] = math.sqrt(buf[k])
+
+
+_sqrt_fns = None
+
+
+def sqrt_fns():
+    """(float32 function address, float64 function address) for ``vsqrt``; 0 = IEEE."""
+    global _sqrt_fns
+    if _sqrt_fns is None:
+        _sqrt_fns = (_find_sqrt(torch.float32, "vmsSqrt"), _find_sqrt(torch.float64, "vmdSqrt"))
+    return _sqrt_fns
+
+
+def _find_sqrt(dtype, name):
+    import ctypes
+    probe = torch.cat([torch.rand(4096, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 4,
+                       torch.tensor([0.0, -0.0, 1e-300, 5e-324, 1e-42, math.inf, -1.0, math.nan],
+                                    dtype=dtype)])
+    expected = probe.sqrt()
+    with np.errstate(invalid="ignore"):
+        ieee = torch.from_numpy(np.sqrt(probe.numpy()))
+    if torch.equal(expected.view(_INT_OF[dtype]), ieee.view(_INT_OF[dtype])):
+        return 0                                   # torch's own sqrt is IEEE here
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        fn = getattr(lib, name)
+    except (OSError, AttributeError):
+        return 0
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    got = probe.clone()
+    fn(got.numel(), got.data_ptr(), got.data_ptr(), _VML_MODE)
+    if not torch.equal(got.view(_INT_OF[dtype]), expected.view(_INT_OF[dtype])):
+        return 0
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def sqrt_fn(marker):
+    """The ``vsqrt`` function address for the math type of storage ``marker``."""
+    f32, f64 = sqrt_fns()
+    return f64 if isinstance(marker, np.float64) else f32
+
+
+def tmp(marker):
+    """A (3, BLOCK) scratch array of the math type of storage ``marker``."""
+
+
+@overload(tmp)
+def _ol_tmp(marker):
+    if marker == types.float64:
+        return lambda marker: np.empty((3, BLOCK), dtype=np.float64)
+    return lambda marker: np.empty((3, BLOCK), dtype=np.float32)
+
+
 # ------------------------------------------------------------------ 16-bit conversions
 
 @njit(**JIT)
@@ -321,7 +447,7 @@ def amp_args(grad_scale, found_inf):
     return grad_scale is not None, gs, skip
 
 
-__all__ = ["CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "half_to_float",
+__all__ = ["CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "tmp", "half_to_float",
            "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "view",
            "n_chunks", "first_tensor", "read_steps", "finish", "setup_threads", "scalar",
            "marker_of", "pack", "program_args", "amp_args", "math"]

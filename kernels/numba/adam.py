@@ -11,9 +11,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
-                      marker_of, n_chunks, pack, program_args, read_steps, scalar,
-                      setup_threads, store, view)
+from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
+                      lerp, load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
+                      setup_threads, sqrt_fn, store, tmp, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -22,48 +22,52 @@ _P, _G, _M, _V, _VMAX, _STEP = range(6)
 
 
 @njit(**JIT)
-def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, beta2, one_m_beta2, eps, wd,
-             decay, sign, gs, amsgrad, has_gs, coupled, decoupled):
-    """One segment (the arrays are views of it). The flags are runtime values: LLVM
-    unswitches the loop on them (O3) and the resulting loops vectorise; one specialisation
-    per dtype keeps the compile time low."""
-    one = ct(1.0, eps)
-    half = ct(0.5, eps)
-    for j in range(p.shape[0]):
-        gj = load(g, j)
-        if has_gs:
-            gj = gj / gs
-            store(g, j, gj)
-        gj = gj * sign
-        pj = load(p, j)
-        if decoupled:
-            pj = pj * decay
-        if coupled:
-            gj = gj + wd * pj
-        mj = load(m, j)
-        if abs(w) < half:
-            mj = mj + w * (gj - mj)
-        else:
-            mj = gj - (gj - mj) * (one - w)
-        vj = load(v, j) * beta2 + one_m_beta2 * gj * gj
-        if amsgrad:
-            vm = load(vmax, j)
-            if not (vm >= vj or vm != vm):
-                vm = vj
-            store(vmax, j, vm)
-            denom = math.sqrt(vm) / bc2_sqrt + eps
-        else:
-            denom = math.sqrt(vj) / bc2_sqrt + eps
-        pj = pj + step_size * mj / denom
-        store(m, j, mj)
-        store(v, j, vj)
-        store(p, j, pj)
+def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
+             eps, wd, decay, sign, gs, amsgrad, has_gs, coupled, decoupled, sqrt_f, t):
+    """One segment (the arrays are views of it), in blocks of BLOCK elements: a first
+    loop up to the square root's argument (kept in ``t[0]``, with the moment and the
+    parameter in ``t[1]``, ``t[2]``), the square roots as torch takes them (``vsqrt``),
+    then the parameter update. The flags are runtime values: LLVM unswitches the loops on
+    them (O3) and the resulting loops vectorise; one specialisation per dtype keeps the
+    compile time low."""
+    ts, tm, tp = t[0], t[1], t[2]
+    n = p.shape[0]
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        for j in range(lo, hi):
+            gj = load(g, j)
+            if has_gs:
+                gj = gj / gs
+                store(g, j, gj)
+            gj = gj * sign
+            pj = load(p, j)
+            if decoupled:
+                pj = pj * decay
+            if coupled:
+                gj = fma(pj, wd, gj)
+            mj = lerp(load(m, j), gj, w, one_m_w, small_w)
+            vj = fma(one_m_beta2 * gj, gj, load(v, j) * beta2)
+            store(m, j, mj)
+            store(v, j, vj)
+            if amsgrad:
+                vm = load(vmax, j)
+                if not (vm >= vj or vm != vm):        # torch.maximum: NaN wins
+                    vm = vj
+                store(vmax, j, vm)
+                vj = vm
+            ts[j - lo] = vj
+            tm[j - lo] = mj
+            tp[j - lo] = pj
+        vsqrt(sqrt_f, ts, hi - lo)
+        for j in range(lo, hi):
+            denom = ts[j - lo] / bc2_sqrt + eps
+            store(p, j, tp[j - lo] + step_size * tm[j - lo] / denom)
 
 
 @njit(**PJIT)
 def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
                  weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
-                 found_inf, advance_position, marker):
+                 found_inf, advance_position, marker, sqrt_f):
     pos = f64_at(pos_addr)
     t = pos[0]
     if not found_inf:
@@ -81,6 +85,8 @@ def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, 
             bc2_sqrt[i] = math.sqrt(1.0 - math.pow(beta2, step))
         # math-type scalars (float32 unless the storage is float64)
         w = ct(1.0 - b1, marker)
+        one_m_w = ct(1.0, marker) - w
+        small_w = w < ct(0.5, marker)
         beta2_c = ct(beta2, marker)
         one_m_beta2 = ct(1.0 - beta2, marker)
         eps_c = ct(eps, marker)
@@ -92,6 +98,7 @@ def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, 
         decoupled = weight_decay != 0.0 and decoupled_weight_decay
         total = offsets[n]
         for c in prange(n_chunks(offsets)):
+            scratch = tmp(marker)
             lo = c * CHUNK
             hi = min(lo + CHUNK, total)
             i = first_tensor(offsets, lo)
@@ -110,8 +117,8 @@ def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, 
                     vmax = v
                     if amsgrad:
                         vmax = view(ptrs[i, _VMAX], size, marker)[a:b]
-                    _segment(p, g, m, v, vmax, ss, bc, w, beta2_c, one_m_beta2, eps_c, wd, decay,
-                             sign, gs_c, amsgrad, has_gs, coupled, decoupled)
+                    _segment(p, g, m, v, vmax, ss, bc, w, one_m_w, small_w, beta2_c, one_m_beta2, eps_c, wd, decay,
+                             sign, gs_c, amsgrad, has_gs, coupled, decoupled, sqrt_f, scratch)
                 i += 1
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
@@ -134,4 +141,4 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
     _adam_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1),
                  scalar(beta2), float(eps), float(weight_decay), bool(decoupled_weight_decay),
                  bool(amsgrad), bool(maximize), has_gs, gs, skip, bool(advance_position),
-                 marker_of(params))
+                 marker_of(params), sqrt_fn(marker_of(params)))

@@ -9,9 +9,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
-                      marker_of, n_chunks, pack, program_args, scalar, setup_threads, store,
-                      view)
+from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
+                      lerp, load, marker_of, n_chunks, pack, program_args, scalar, setup_threads,
+                      sqrt_fn, store, tmp, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -20,51 +20,54 @@ _P, _G, _SQ, _GAVG, _BUF, _STEP = range(6)
 
 
 @njit(**JIT)
-def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, eps, momentum, wd, sign, gs,
-             centered, has_buf, has_gs, coupled):
-    """One segment (the arrays are views of it). The flags are runtime values: LLVM
-    unswitches the loop on them (O3) and the resulting loops vectorise; one specialisation
-    per dtype keeps the compile time low."""
+def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps, momentum,
+             wd, sign, gs, centered, has_buf, has_gs, coupled, sqrt_f, t):
+    """One segment (the arrays are views of it), in blocks of BLOCK elements: a first
+    loop up to the square root's argument (kept in ``t[0]``, with the gradient and the
+    parameter in ``t[1]``, ``t[2]``), the square roots as torch takes them (``vsqrt``),
+    then the momentum and parameter update. The flags are runtime values: LLVM unswitches
+    the loops on them (O3) and the resulting loops vectorise; one specialisation per dtype
+    keeps the compile time low."""
     zero = ct(0.0, eps)
-    half = ct(0.5, eps)
-    one = ct(1.0, eps)
-    for j in range(p.shape[0]):
-        gj = load(g, j)
-        if has_gs:
-            gj = gj / gs
-            store(g, j, gj)
-        gj = gj * sign
-        pj = load(p, j)
-        if coupled:
-            gj = gj + wd * pj
-        sqj = load(sq, j) * alpha + one_m_alpha * gj * gj
-        if centered:
-            ga = load(gavg, j)
-            if abs(one_m_alpha) < half:
-                ga = ga + one_m_alpha * (gj - ga)
+    ts, tg, tp = t[0], t[1], t[2]
+    n = p.shape[0]
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        for j in range(lo, hi):
+            gj = load(g, j)
+            if has_gs:
+                gj = gj / gs
+                store(g, j, gj)
+            gj = gj * sign
+            pj = load(p, j)
+            if coupled:
+                gj = fma(pj, wd, gj)
+            sqj = fma(one_m_alpha * gj, gj, load(sq, j) * alpha)
+            store(sq, j, sqj)
+            if centered:
+                ga = lerp(load(gavg, j), gj, one_m_alpha, one_m_w, small_w)
+                store(gavg, j, ga)
+                sqj = fma(-ga, ga, sqj)
+                if sqj < zero:
+                    sqj = zero
+            ts[j - lo] = sqj
+            tg[j - lo] = gj
+            tp[j - lo] = pj
+        vsqrt(sqrt_f, ts, hi - lo)
+        for j in range(lo, hi):
+            avg = ts[j - lo] + eps
+            if has_buf:
+                bj = load(buf, j) * momentum + tg[j - lo] / avg
+                store(buf, j, bj)
+                store(p, j, fma(bj, neg_lr, tp[j - lo]))
             else:
-                ga = gj - (gj - ga) * (one - one_m_alpha)
-            store(gavg, j, ga)
-            var = sqj - ga * ga
-            if var < zero:
-                var = zero
-            avg = math.sqrt(var) + eps
-        else:
-            avg = math.sqrt(sqj) + eps
-        if has_buf:
-            bj = load(buf, j) * momentum + gj / avg
-            store(buf, j, bj)
-            pj = pj + neg_lr * bj
-        else:
-            pj = pj + neg_lr * gj / avg
-        store(sq, j, sqj)
-        store(p, j, pj)
+                store(p, j, tp[j - lo] + neg_lr * tg[j - lo] / avg)
 
 
 @njit(**PJIT)
 def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
                     momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
-                    advance_position, marker):
+                    advance_position, marker, sqrt_f):
     pos = f64_at(pos_addr)
     t = pos[0]
     if not found_inf:
@@ -76,6 +79,8 @@ def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps,
         neg_lr = ct(-(lr * factor), marker)
         alpha_c = ct(alpha, marker)
         one_m_alpha = ct(1.0 - alpha, marker)
+        one_m_w = ct(1.0, marker) - one_m_alpha      # lerp's 1 - w, w = 1 - alpha
+        small_w = one_m_alpha < ct(0.5, marker)
         eps_c = ct(eps, marker)
         mom_c = ct(mom, marker)
         wd = ct(weight_decay, marker)
@@ -84,6 +89,7 @@ def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps,
         coupled = weight_decay != 0.0
         total = offsets[n]
         for c in prange(n_chunks(offsets)):
+            scratch = tmp(marker)
             lo = c * CHUNK
             hi = min(lo + CHUNK, total)
             i = first_tensor(offsets, lo)
@@ -102,8 +108,8 @@ def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps,
                         ga = view(ptrs[i, _GAVG], size, marker)[a:b]
                     if has_buf:
                         bf = view(ptrs[i, _BUF], size, marker)[a:b]
-                    _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, eps_c, mom_c, wd,
-                             sign, gs_c, centered, has_buf, has_gs, coupled)
+                    _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c, wd,
+                             sign, gs_c, centered, has_buf, has_gs, coupled, sqrt_f, scratch)
                 i += 1
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
@@ -126,4 +132,4 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
     _rmsprop_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha),
                     float(eps), float(weight_decay), scalar(momentum), bool(centered),
                     bool(maximize), momentum_buffers is not None, has_gs, gs, skip,
-                    bool(advance_position), marker_of(params))
+                    bool(advance_position), marker_of(params), sqrt_fn(marker_of(params)))

@@ -7,8 +7,8 @@ order). The momentum buffer takes the gradient itself on a tensor's first applie
 import numpy as np
 from numba import njit, prange
 
-from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, load,
-                      marker_of, n_chunks, pack, program_args, read_steps, scalar,
+from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
+                      load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
                       setup_threads, store, view)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
@@ -31,17 +31,17 @@ def _segment(p, g, buf, neg_lr, momentum, one_m_dampening, wd, sign, gs, first, 
         gj = gj * sign
         pj = load(p, j)
         if coupled:
-            gj = gj + wd * pj
+            gj = fma(pj, wd, gj)
         if has_buf:
-            bj = load(buf, j) * momentum + one_m_dampening * gj
+            bj = fma(gj, one_m_dampening, load(buf, j) * momentum)
             if first:
                 bj = gj
             store(buf, j, bj)
             if nesterov:
-                gj = gj + momentum * bj
+                gj = fma(bj, momentum, gj)
             else:
                 gj = bj
-        store(p, j, pj + neg_lr * gj)
+        store(p, j, fma(gj, neg_lr, pj))
 
 
 @njit(**PJIT)
