@@ -28,6 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "time fusedsched against torch.optim (for-loop, foreach, fused) and the memory roof, "
         "interleaved; table, JSON, CSV and a GB/s plot",
     ),
+    "check": (
+        "fusedsched.check",
+        "verify this install: the parity matrix (optimizers x flags x schedules x dtypes, "
+        "every available backend) against torch.optim; table of largest errors, exit 1 on "
+        "a failure",
+    ),
 }
 
 
