@@ -4,6 +4,8 @@ Each algorithm file (sgd.py, rmsprop.py, adam.py) says which state it keeps and 
 kernel arguments a parameter group gives; everything else is here, once.
 """
 
+import contextlib
+
 import torch
 
 from .. import schedules as S
@@ -120,8 +122,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans = [self._plan(group) for group in self.param_groups]
+        fresh = []
         for group, device, params, backend in plans:
-            self._launch(group, device, params, backend, grad_scale, found_inf)
+            if found_inf is not None and self.algorithm == "sgd":
+                fresh += [p for p in params if "momentum_buffer" not in self.state[p]]
+            with _local_shards(self, params) as local:
+                self._launch(group, device, local, backend, grad_scale, found_inf)
+        if fresh and bool(found_inf.reshape(())):
+            # A skipped first update leaves no momentum buffer behind (torch's fused SGD
+            # leaves an uninitialised one: case C13). One host read of found_inf, only on a
+            # step that created buffers.
+            for p in fresh:
+                self.state[p].pop("momentum_buffer", None)
         return loss
 
     def _plan(self, group):
@@ -144,6 +156,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             if g.shape != p.shape:
                 raise ValueError(f"grad shape {tuple(g.shape)} differs from its parameter's "
                                  f"shape {tuple(p.shape)}")
+            if _is_dtensor(p) != _is_dtensor(g) or (_is_dtensor(p) and (
+                    p.placements != g.placements or p.device_mesh != g.device_mesh)):
+                raise ValueError(
+                    f"a DTensor parameter needs a DTensor grad on the same mesh with the same "
+                    f"placements (shape {tuple(p.shape)}: parameter "
+                    f"{getattr(p, 'placements', 'a plain tensor')}, grad "
+                    f"{getattr(g, 'placements', 'a plain tensor')})")
             if p.device != device or g.device != device:
                 raise ValueError(f"parameters of one group must be on one device, got "
                                  f"{device} and {p.device if p.device != device else g.device}")
@@ -247,6 +266,55 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_momentum(self, group):
         return group.get("momentum", 0.0)
+
+
+def _is_dtensor(tensor):
+    # torch.distributed.tensor imports lazily: most runs never meet a DTensor.
+    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "to_local")
+
+
+@contextlib.contextmanager
+def _local_shards(opt, params):
+    """Give ``_launch`` plain tensors for DTensor parameters (FSDP2's ``fully_shard``,
+    tensor parallelism): each rank updates its local shard, one kernel call per group.
+
+    Yields the list to launch with: plain parameters as they are, each DTensor ``p`` as
+    ``p.to_local()`` (a view of its shard) whose ``grad`` is the grad's local view, and
+    ``opt.state`` is swapped meanwhile for a dict from those views to the local views of
+    ``p``'s state. State that the launch creates (zeros like the local shard) is stored
+    back as DTensors placed like ``p``, as torch keeps it; ``step`` stays a plain tensor."""
+    if not any(_is_dtensor(p) for p in params):
+        yield params
+        return
+    from torch.distributed.tensor import DTensor
+
+    real = opt.state
+    local_params, local_state = [], {}
+    for p in params:
+        if not _is_dtensor(p):
+            local_params.append(p)
+            local_state[p] = real[p]
+            continue
+        local = p.to_local()
+        local.grad = p.grad.to_local()
+        local_state[local] = {k: v.to_local() if _is_dtensor(v) else v
+                              for k, v in real[p].items()}
+        local_params.append(local)
+    opt.state = local_state
+    try:
+        yield local_params
+    finally:
+        opt.state = real
+        for p, local in zip(params, local_params):
+            if local is p:
+                continue
+            state = real[p]
+            for key, value in local_state[local].items():
+                if key not in state:
+                    state[key] = (value if key == "step" or value.shape != local.shape else
+                                  DTensor.from_local(value, p.device_mesh, p.placements,
+                                                     shape=p.shape, stride=p.stride()))
+            local.grad = None
 
 
 class _Staged:
