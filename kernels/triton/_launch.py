@@ -21,10 +21,80 @@ import triton
 import triton.language as tl
 
 from .. import schedule_encoding as E
+from .schedule import INTERPRET
+
+if INTERPRET:
+    from triton.runtime.interpreter import TensorHandle
 
 
 # Device helpers shared by the kernels. fp32 division and sqrt are the correctly rounded
-# div_rn / sqrt_rn (Triton's default fp32 `/` is div.full.f32, ~2 ulp; torch's are exact).
+# div_rn / sqrt_rn (Triton's default fp32 `/` is div.full.f32, ~2 ulp; torch's CUDA ones are
+# exact).
+#
+# Bit-exact with the reference. The reference rounds as torch's kernels on its device:
+# ``fma`` where torch does add_(alpha)/addcmul_/lerp_ (``kernels/reference/_common.py``), and
+# torch's own sqrt. The kernels use ``_fma``, ``_sqrt`` and ``_to`` (the store conversion) at
+# exactly those places, so:
+# * compiled (CUDA): ``fma.rn``, ``sqrt.rn``, ``cvt.rn``: correctly rounded, as torch's CUDA
+#   kernels are;
+# * interpreted (``TRITON_INTERPRET=1``, CPU tensors): the interpreter's own ``tl.fma`` is
+#   ``x * y + z`` rounded twice and its fp32 -> bf16 cast truncates, and torch's CPU sqrt is
+#   not always correctly rounded (measured, torch 2.14 AVX2: ~20% of fp32 and ~1.4% of fp64
+#   sqrt results are 1 ulp off). So there the three helpers are Python functions that let
+#   Triton build the result's type and shape and replace its values with torch's CPU op on
+#   the same data (``torch.addcmul``, ``torch.sqrt``, ``Tensor.to``): the device's rounding,
+#   as ``_pow`` is libm's in ``schedule.py``. Interpreted Triton then equals the reference
+#   bit for bit on CPU (tests/test_triton_kernels.py checks it with zero tolerance).
+if INTERPRET:
+    import numpy as np
+
+    _TORCH = {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16,
+              tl.float32: torch.float32, tl.float64: torch.float64}
+
+    def _torch_of(x):
+        data = np.array(x.handle.data)  # a writable copy
+        if x.dtype.scalar == tl.bfloat16:
+            return torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(data)
+
+    def _like(ref, t):
+        """``ref`` (a tl.tensor of the result's type) with the values of torch tensor t."""
+        if t.dtype == torch.bfloat16:
+            data = t.view(torch.int16).numpy().view(np.uint16)
+        else:
+            data = t.numpy()
+        data = np.ascontiguousarray(np.broadcast_to(data, np.shape(ref.handle.data)))
+        return tl.tensor(TensorHandle(data.astype(ref.handle.data.dtype, copy=False),
+                                      ref.handle.dtype), ref.type)
+
+    def _fma(x, y, z):
+        return _like(x * y + z, torch.addcmul(_torch_of(z), _torch_of(x), _torch_of(y)))
+
+    def _sqrt(a, FP64=None):
+        return _like(tl.sqrt(a), torch.sqrt(_torch_of(a)))
+
+    def _to(x, dtype):
+        dtype = getattr(dtype, "value", dtype)
+        if x.dtype.scalar == dtype:
+            return x
+        return _like(x.to(dtype), _torch_of(x).to(_TORCH[dtype]))
+else:
+    @triton.jit
+    def _fma(x, y, z):
+        return tl.fma(x, y, z)
+
+    @triton.jit
+    def _sqrt(a, FP64: tl.constexpr):
+        if FP64:
+            return tl.sqrt(a)
+        else:
+            return tl.sqrt_rn(a)
+
+    @triton.jit
+    def _to(x, dtype: tl.constexpr):
+        return x.to(dtype)
+
+
 @triton.jit
 def _div(a, b, FP64: tl.constexpr):
     if FP64:
@@ -34,22 +104,29 @@ def _div(a, b, FP64: tl.constexpr):
 
 
 @triton.jit
-def _sqrt(a, FP64: tl.constexpr):
-    if FP64:
-        return tl.sqrt(a)
-    else:
-        return tl.sqrt_rn(a)
-
-
-@triton.jit
 def _lerp(a, b, w):
-    return tl.where(w < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))
+    """torch's ``a.lerp_(b, w)`` (reference ``lerp``): ``fma(w, b - a, a)`` for w < 0.5,
+    else ``fma(-(b - a), 1 - w, b)``; ``w`` is a scalar, so the branch is uniform."""
+    d = b - a
+    if w < 0.5:
+        out = _fma(w, d, a)
+    else:
+        out = _fma(-d, 1.0 - w, b)
+    return out
 
 # Per dtype: (Triton element type name, block size, math dtype is fp64).
 # Block sizes give every thread (num_warps=4, 128 threads) 128 bits per tensor per access:
 # fp32 512 -> 4 elements (ld.global.v4.b32), fp16/bf16 1024 -> 8, fp64 256 -> 2.
 BLOCK = {torch.float32: 512, torch.float16: 1024, torch.bfloat16: 1024, torch.float64: 256}
 NUM_WARPS = 4
+# Register cap (ptxas .maxnreg, Triton's ``maxnreg`` option). Uncapped, ptxas gave Adam 62-72
+# registers (sm_90: fp32 62-66, fp16/bf16 68-72, fp64 62-68; sm_80 similar): the fp64
+# schedule evaluator's libdevice pow/cos/log run once per program and the 16-bit variants
+# hold 8 elements x 5 streams per thread. Capped at 64, every variant of every kernel
+# compiles with no spill (LOCAL 0) and keeps its 128-bit accesses (`fusedsched aot`), so
+# 4 warps x 64 registers lets 8 blocks (1024 threads... 2048 on sm_90) stay resident.
+MAXNREG = 64
+LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "maxnreg": MAXNREG}  # also what `aot` compiles
 TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
             torch.float64: "fp64"}
 ROW = 8  # int64 slots per tensor-table row: numel, p, g, s1, s2, s3, step, pad

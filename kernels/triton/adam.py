@@ -1,8 +1,8 @@
 """Adam / AdamW, Triton: one launch per step for the whole tensor list.
 
 Operation order of ``kernels/reference/adam.py`` (torch's ``_single_tensor_adam``): maximize
-negates the (unscaled) grad; coupled wd grad += wd*p, decoupled p *= 1 - lr_t*wd; exp_avg
-lerp; exp_avg_sq = v*beta2 + (1-beta2)*g*g; bias corrections from step+1 in fp64; amsgrad
+negates the (unscaled) grad; coupled wd grad = fma(p, wd, grad), decoupled p *= 1 - lr_t*wd; exp_avg
+lerp; exp_avg_sq = fma((1-beta2)*g, g, v*beta2); bias corrections from step+1 in fp64; amsgrad
 max; denom = sqrt(v)/sqrt(bc2) + eps; p += (-step_size)*m/denom. fp32 ``/`` and ``sqrt``
 are ``div_rn``/``sqrt_rn`` (Triton's default fp32 ``/`` is the approximate div.full.f32).
 """
@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _launch as L
-from ._launch import _div, _lerp, _sqrt
+from ._launch import _div, _fma, _lerp, _sqrt, _to
 from .schedule import _pow, evaluate
 
 
@@ -25,25 +25,25 @@ def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, mask, gs, wd, decay, w1,
     g = tl.load(g_ptr + offs, mask=mask).to(CT)
     if HAS_GRAD_SCALE:
         g = _div(g, gs, FP64)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_ptr + offs, _to(g, g_ptr.dtype.element_ty), mask=mask)
     if MAXIMIZE:
         g = -g
     if DECOUPLED:
         p = p * decay
     else:
-        g = tl.where(wd != 0, g + wd * p, g)
+        g = tl.where(wd != 0, _fma(p, wd, g), g)
     m = _lerp(tl.load(m_ptr + offs, mask=mask).to(CT), g, w1)
-    v = tl.load(v_ptr + offs, mask=mask).to(CT) * b2 + one_b2 * g * g
+    v = _fma(one_b2 * g, g, tl.load(v_ptr + offs, mask=mask).to(CT) * b2)
     if AMSGRAD:
         vmax = tl.maximum(tl.load(x_ptr + offs, mask=mask).to(CT), v)
-        tl.store(x_ptr + offs, vmax.to(x_ptr.dtype.element_ty), mask=mask)
+        tl.store(x_ptr + offs, _to(vmax, x_ptr.dtype.element_ty), mask=mask)
         denom = _div(_sqrt(vmax, FP64), bc2_sqrt, FP64) + eps
     else:
         denom = _div(_sqrt(v, FP64), bc2_sqrt, FP64) + eps
     p = p + _div(-step_size * m, denom, FP64)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + offs, _to(m, m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, _to(v, v_ptr.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, _to(p, p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_nodes"])
@@ -83,7 +83,7 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
         bc1 = 1.0 - _pow(beta1, step)
         bc2 = 1.0 - _pow(beta2, step)
         step_size = (lr / bc1).to(CT)
-        bc2_sqrt = tl.sqrt(bc2).to(CT)
+        bc2_sqrt = _sqrt(bc2, True).to(CT)
         gs = tl.full((), 1.0, CT)
         if HAS_GRAD_SCALE:
             gs = tl.load(gs_ptr).to(CT)
@@ -123,5 +123,5 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
                 DTYPE=L.tl_dtype(dtype), BLOCK=L.BLOCK[dtype], ALIGNED=aligned,
                 AMSGRAD=bool(amsgrad), DECOUPLED=bool(decoupled_weight_decay),
                 MAXIMIZE=bool(maximize), HAS_GRAD_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, num_warps=L.NUM_WARPS)
+                HAS_FOUND_INF=found_inf is not None, **L.LAUNCH_OPTIONS)
     L.advance(steps, position, found_inf, advance_position)

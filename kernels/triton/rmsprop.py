@@ -1,11 +1,13 @@
 """RMSprop (plain, centered, momentum), Triton: one launch per step for the tensor list.
 
 Operation order of ``kernels/reference/rmsprop.py`` (torch's ``_single_tensor_rmsprop``):
-maximize negates the (unscaled) grad; grad += wd*p (wd != 0); square_avg = a*alpha +
-(1-alpha)*g*g; centered: grad_avg lerp, variance clamped at 0 before sqrt (case C9: torch
+maximize negates the (unscaled) grad; grad = fma(p, wd, grad) (wd != 0); square_avg =
+fma((1-alpha)*g, g, a*alpha); centered: grad_avg lerp, variance fma(-ga, ga, sq) clamped
+at 0 before sqrt (case C9: torch
 gives NaN when E[g^2] - E[g]^2 rounds below zero; a deliberate deviation); avg = sqrt + eps;
 momentum: buf = m*buf + g/avg (the buffer is read as 0 on the first update, torch zero-inits
-it), p += (-lr_t)*buf; else p += (-lr_t)*g/avg.
+it), p = fma(buf, -lr_t, p); else p += (-lr_t)*g/avg. Each fma is rounded once, as the
+reference's.
 """
 
 import triton
@@ -24,16 +26,16 @@ def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, offs, mask, gs, wd, alpha, 
     g = tl.load(g_ptr + offs, mask=mask).to(CT)
     if HAS_GRAD_SCALE:
         g = L._div(g, gs, FP64)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_ptr + offs, L._to(g, g_ptr.dtype.element_ty), mask=mask)
     if MAXIMIZE:
         g = -g
-    g = tl.where(wd != 0, g + wd * p, g)
-    sq = tl.load(s_ptr + offs, mask=mask).to(CT) * alpha + w * g * g
-    tl.store(s_ptr + offs, sq.to(s_ptr.dtype.element_ty), mask=mask)
+    g = tl.where(wd != 0, L._fma(p, wd, g), g)
+    sq = L._fma(w * g, g, tl.load(s_ptr + offs, mask=mask).to(CT) * alpha)
+    tl.store(s_ptr + offs, L._to(sq, s_ptr.dtype.element_ty), mask=mask)
     if CENTERED:
         ga = L._lerp(tl.load(a_ptr + offs, mask=mask).to(CT), g, w)
-        tl.store(a_ptr + offs, ga.to(a_ptr.dtype.element_ty), mask=mask)
-        avg = L._sqrt(tl.maximum(sq - ga * ga, 0.0), FP64)
+        tl.store(a_ptr + offs, L._to(ga, a_ptr.dtype.element_ty), mask=mask)
+        avg = L._sqrt(tl.maximum(L._fma(-ga, ga, sq), 0.0), FP64)
     else:
         avg = L._sqrt(sq, FP64)
     avg = avg + eps
@@ -42,11 +44,11 @@ def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, offs, mask, gs, wd, alpha, 
             buf = L._div(g, avg, FP64)
         else:
             buf = tl.load(b_ptr + offs, mask=mask).to(CT) * mom + L._div(g, avg, FP64)
-        tl.store(b_ptr + offs, buf.to(b_ptr.dtype.element_ty), mask=mask)
-        p = p + neg_lr * buf
+        tl.store(b_ptr + offs, L._to(buf, b_ptr.dtype.element_ty), mask=mask)
+        p = L._fma(buf, neg_lr, p)
     else:
         p = p + L._div(neg_lr * g, avg, FP64)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, L._to(p, p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_nodes"])
@@ -123,5 +125,5 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
                 DTYPE=L.tl_dtype(dtype), BLOCK=L.BLOCK[dtype], ALIGNED=aligned,
                 CENTERED=bool(centered), USE_MOMENTUM=momentum_buffers is not None,
                 MAXIMIZE=bool(maximize), HAS_GRAD_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, num_warps=L.NUM_WARPS)
+                HAS_FOUND_INF=found_inf is not None, **L.LAUNCH_OPTIONS)
     L.advance(steps, position, found_inf, advance_position)

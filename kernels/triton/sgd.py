@@ -1,10 +1,10 @@
 """SGD (plain, momentum, Nesterov), Triton: one launch per step for the whole tensor list.
 
 Operation order of ``kernels/reference/sgd.py`` (torch's ``_single_tensor_sgd``): maximize
-negates the (unscaled) grad; grad += wd*p (when wd != 0, a runtime branch); momentum:
-buf = grad on the parameter's first update (step == 0, as torch clones the grad), else
-buf*momentum + (1-dampening)*grad; nesterov grad += momentum*buf, else grad = buf;
-p += (-lr_t)*grad.
+negates the (unscaled) grad; grad = fma(p, wd, grad) (when wd != 0, a runtime branch);
+momentum: buf = grad on the parameter's first update (step == 0, as torch clones the
+grad), else fma(grad, 1-dampening, buf*momentum); nesterov grad = fma(buf, momentum, grad),
+else grad = buf; p = fma(grad, -lr_t, p). Each fma is rounded once, as the reference's.
 """
 
 import triton
@@ -22,22 +22,22 @@ def _sgd_body(p_ptr, g_ptr, b_ptr, offs, mask, gs, wd, mom, one_damp, neg_lr, fi
     g = tl.load(g_ptr + offs, mask=mask).to(CT)
     if HAS_GRAD_SCALE:
         g = L._div(g, gs, FP64)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_ptr + offs, L._to(g, g_ptr.dtype.element_ty), mask=mask)
     if MAXIMIZE:
         g = -g
-    g = tl.where(wd != 0, g + wd * p, g)
+    g = tl.where(wd != 0, L._fma(p, wd, g), g)
     if USE_MOMENTUM:
         if first:
             buf = g
         else:
-            buf = tl.load(b_ptr + offs, mask=mask).to(CT) * mom + one_damp * g
-        tl.store(b_ptr + offs, buf.to(b_ptr.dtype.element_ty), mask=mask)
+            buf = L._fma(g, one_damp, tl.load(b_ptr + offs, mask=mask).to(CT) * mom)
+        tl.store(b_ptr + offs, L._to(buf, b_ptr.dtype.element_ty), mask=mask)
         if NESTEROV:
-            g = g + mom * buf
+            g = L._fma(buf, mom, g)
         else:
             g = buf
-    p = p + neg_lr * g
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    p = L._fma(g, neg_lr, p)
+    tl.store(p_ptr + offs, L._to(p, p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_nodes"])
@@ -102,5 +102,5 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
                 DTYPE=L.tl_dtype(dtype), BLOCK=L.BLOCK[dtype], ALIGNED=aligned,
                 USE_MOMENTUM=momentum_buffers is not None, NESTEROV=bool(nesterov),
                 MAXIMIZE=bool(maximize), HAS_GRAD_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, num_warps=L.NUM_WARPS)
+                HAS_FOUND_INF=found_inf is not None, **L.LAUNCH_OPTIONS)
     L.advance(steps, position, found_inf, advance_position)
