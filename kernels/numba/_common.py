@@ -27,6 +27,12 @@ from numba.extending import intrinsic, overload
 CHUNK = 1 << 16
 
 JIT = dict(cache=True, error_model="numpy")
+
+# Steps of at most this many elements (all tensors of the call) run serially in the calling
+# thread and never touch the thread pool: waking Numba's pool costs more than the work
+# there, and its threads would compete with torch's spinning OpenMP threads (2 cores:
+# measured in setup_threads).
+SERIAL_MAX = 1 << 18
 PJIT = dict(cache=True, error_model="numpy", parallel=True)
 
 
@@ -447,7 +453,7 @@ def amp_args(grad_scale, found_inf):
     return grad_scale is not None, gs, skip
 
 
-__all__ = ["CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "tmp", "half_to_float",
+__all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "tmp", "half_to_float",
            "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "view",
            "n_chunks", "first_tensor", "read_steps", "finish", "setup_threads", "scalar",
            "marker_of", "pack", "program_args", "amp_args", "math"]

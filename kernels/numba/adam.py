@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
                       lerp, load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
-                      setup_threads, sqrt_fn, store, tmp, view, vsqrt)
+                      setup_threads, sqrt_fn, store, tmp, view, vsqrt, SERIAL_MAX)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -64,38 +64,59 @@ def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, 
             store(p, j, tp[j - lo] + step_size * tm[j - lo] / denom)
 
 
+@njit(**JIT)
+def _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
+             decoupled_weight_decay, maximize, gs, marker):
+    """The step's scalars: float64 per tensor (step size, sqrt of bias correction 2),
+    then the math-type ones (float32 unless the storage is float64)."""
+    program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+    factor, sched_momentum, has_momentum = evaluate(program, t)
+    lr_t = lr * factor
+    b1 = sched_momentum if has_momentum != 0.0 else beta1
+    n = ptrs.shape[0]
+    steps = read_steps(ptrs, _STEP)
+    step_size = np.empty(n)
+    bc2_sqrt = np.empty(n)
+    for i in range(n):
+        step = steps[i] + 1.0
+        step_size[i] = -(lr_t / (1.0 - math.pow(b1, step)))
+        bc2_sqrt[i] = math.sqrt(1.0 - math.pow(beta2, step))
+    w = ct(1.0 - b1, marker)
+    return (step_size, bc2_sqrt, w, ct(1.0, marker) - w, w < ct(0.5, marker), ct(beta2, marker),
+            ct(1.0 - beta2, marker), ct(eps, marker), ct(weight_decay, marker),
+            ct(1.0 - lr_t * weight_decay, marker), ct(-1.0 if maximize else 1.0, marker),
+            ct(gs, marker), weight_decay != 0.0 and not decoupled_weight_decay,
+            weight_decay != 0.0 and decoupled_weight_decay)
+
+
+@njit(**JIT)
+def _tensor(ptrs, i, size, a, b, sc, amsgrad, has_gs, sqrt_f, scratch, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+    (step_size, bc2_sqrt, w, one_m_w, small_w, beta2_c, one_m_beta2, eps_c, wd, decay, sign,
+     gs_c, coupled, decoupled) = sc
+    p = view(ptrs[i, _P], size, marker)[a:b]
+    g = view(ptrs[i, _G], size, marker)[a:b]
+    m = view(ptrs[i, _M], size, marker)[a:b]
+    v = view(ptrs[i, _V], size, marker)[a:b]
+    vmax = v
+    if amsgrad:
+        vmax = view(ptrs[i, _VMAX], size, marker)[a:b]
+    _segment(p, g, m, v, vmax, ct(step_size[i], marker), ct(bc2_sqrt[i], marker), w, one_m_w,
+             small_w, beta2_c, one_m_beta2, eps_c, wd, decay, sign, gs_c, amsgrad, has_gs,
+             coupled, decoupled, sqrt_f, scratch)
+
+
 @njit(**PJIT)
 def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
                  weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
                  found_inf, advance_position, marker, sqrt_f):
+    """Parallel over CHUNK-element chunks of the concatenated tensors."""
     pos = f64_at(pos_addr)
     t = pos[0]
     if not found_inf:
-        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
-        factor, sched_momentum, has_momentum = evaluate(program, t)
-        lr_t = lr * factor
-        b1 = sched_momentum if has_momentum != 0.0 else beta1
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
+                      decoupled_weight_decay, maximize, gs, marker)
         n = ptrs.shape[0]
-        steps = read_steps(ptrs, _STEP)
-        step_size = np.empty(n)
-        bc2_sqrt = np.empty(n)
-        for i in range(n):
-            step = steps[i] + 1.0
-            step_size[i] = -(lr_t / (1.0 - math.pow(b1, step)))
-            bc2_sqrt[i] = math.sqrt(1.0 - math.pow(beta2, step))
-        # math-type scalars (float32 unless the storage is float64)
-        w = ct(1.0 - b1, marker)
-        one_m_w = ct(1.0, marker) - w
-        small_w = w < ct(0.5, marker)
-        beta2_c = ct(beta2, marker)
-        one_m_beta2 = ct(1.0 - beta2, marker)
-        eps_c = ct(eps, marker)
-        wd = ct(weight_decay, marker)
-        decay = ct(1.0 - lr_t * weight_decay, marker)
-        sign = ct(-1.0 if maximize else 1.0, marker)
-        gs_c = ct(gs, marker)
-        coupled = weight_decay != 0.0 and not decoupled_weight_decay
-        decoupled = weight_decay != 0.0 and decoupled_weight_decay
         total = offsets[n]
         for c in prange(n_chunks(offsets)):
             scratch = tmp(marker)
@@ -104,31 +125,58 @@ def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, 
             i = first_tensor(offsets, lo)
             while i < n and offsets[i] < hi:
                 start = offsets[i]
-                size = offsets[i + 1] - start
                 a = max(lo, start) - start
                 b = min(hi, offsets[i + 1]) - start
                 if b > a:
-                    p = view(ptrs[i, _P], size, marker)[a:b]
-                    g = view(ptrs[i, _G], size, marker)[a:b]
-                    m = view(ptrs[i, _M], size, marker)[a:b]
-                    v = view(ptrs[i, _V], size, marker)[a:b]
-                    ss = ct(step_size[i], marker)
-                    bc = ct(bc2_sqrt[i], marker)
-                    vmax = v
-                    if amsgrad:
-                        vmax = view(ptrs[i, _VMAX], size, marker)[a:b]
-                    _segment(p, g, m, v, vmax, ss, bc, w, one_m_w, small_w, beta2_c, one_m_beta2, eps_c, wd, decay,
-                             sign, gs_c, amsgrad, has_gs, coupled, decoupled, sqrt_f, scratch)
+                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, amsgrad, has_gs, sqrt_f,
+                            scratch, marker)
                 i += 1
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+@njit(**JIT)
+def _adam_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
+                 weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
+                 found_inf, advance_position, marker, sqrt_f):
+    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
+                      decoupled_weight_decay, maximize, gs, marker)
+        scratch = tmp(marker)
+        for i in range(ptrs.shape[0]):
+            size = offsets[i + 1] - offsets[i]
+            if size > 0:
+                _tensor(ptrs, i, size, 0, size, sc, amsgrad, has_gs, sqrt_f, scratch, marker)
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def launch(table, offsets, marker, *, lr, beta1, beta2, eps, weight_decay,
+           decoupled_weight_decay, amsgrad, maximize, schedule, position, grad_scale=None,
+           found_inf=None, advance_position=True):
+    """``adam_step`` on an address table already packed (``pack``; the caller keeps it)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    kernel = _adam_serial if offsets[-1] <= SERIAL_MAX else _adam_kernel
+    if kernel is _adam_kernel:
+        setup_threads()
+    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1), scalar(beta2),
+           float(eps), float(weight_decay), bool(decoupled_weight_decay), bool(amsgrad),
+           bool(maximize), has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker))
+
+
+def columns(amsgrad=False, **_):
+    """Which state lists the table holds (besides params, grads and steps)."""
+    return (True, True, bool(amsgrad))
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
               beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
               position, grad_scale=None, found_inf=None, advance_position=True):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
-    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     if not params:
+        program_args(schedule, position)
         if advance_position:
             position.add_(1.0)
         return
@@ -136,9 +184,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
         raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
     table, offsets = pack(params, [grads, exp_avgs, exp_avg_sqs,
                                    max_exp_avg_sqs if amsgrad else None], steps)
-    has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    setup_threads()
-    _adam_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1),
-                 scalar(beta2), float(eps), float(weight_decay), bool(decoupled_weight_decay),
-                 bool(amsgrad), bool(maximize), has_gs, gs, skip, bool(advance_position),
-                 marker_of(params), sqrt_fn(marker_of(params)))
+    launch(table, offsets, marker_of(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+           weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+           amsgrad=amsgrad, maximize=maximize, schedule=schedule, position=position,
+           grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)

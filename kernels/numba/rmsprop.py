@@ -11,7 +11,7 @@ from numba import njit, prange
 
 from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
                       lerp, load, marker_of, n_chunks, pack, program_args, scalar, setup_threads,
-                      sqrt_fn, store, tmp, view, vsqrt)
+                      sqrt_fn, store, tmp, view, vsqrt, SERIAL_MAX)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -64,29 +64,49 @@ def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, 
                 store(p, j, tp[j - lo] + neg_lr * tg[j - lo] / avg)
 
 
+@njit(**JIT)
+def _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize, gs,
+             marker):
+    """The step's math-type scalars (float32 unless the storage is float64)."""
+    program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+    factor, sched_momentum, has_momentum = evaluate(program, t)
+    mom = sched_momentum if has_momentum != 0.0 else momentum
+    one_m_alpha = ct(1.0 - alpha, marker)
+    return (ct(-(lr * factor), marker), ct(alpha, marker), one_m_alpha,
+            ct(1.0, marker) - one_m_alpha,          # lerp's 1 - w, w = 1 - alpha
+            one_m_alpha < ct(0.5, marker), ct(eps, marker), ct(mom, marker),
+            ct(weight_decay, marker), ct(-1.0 if maximize else 1.0, marker), ct(gs, marker),
+            weight_decay != 0.0)
+
+
+@njit(**JIT)
+def _tensor(ptrs, i, size, a, b, sc, centered, has_buf, has_gs, sqrt_f, scratch, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+    neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c, wd, sign, gs_c, coupled = sc
+    p = view(ptrs[i, _P], size, marker)[a:b]
+    g = view(ptrs[i, _G], size, marker)[a:b]
+    sq = view(ptrs[i, _SQ], size, marker)[a:b]
+    ga = sq
+    bf = sq
+    if centered:
+        ga = view(ptrs[i, _GAVG], size, marker)[a:b]
+    if has_buf:
+        bf = view(ptrs[i, _BUF], size, marker)[a:b]
+    _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c,
+             wd, sign, gs_c, centered, has_buf, has_gs, coupled, sqrt_f, scratch)
+
+
 @njit(**PJIT)
 def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
                     momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
                     advance_position, marker, sqrt_f):
+    """Parallel over CHUNK-element chunks of the concatenated tensors."""
     pos = f64_at(pos_addr)
     t = pos[0]
     if not found_inf:
-        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
-        factor, sched_momentum, has_momentum = evaluate(program, t)
-        mom = sched_momentum if has_momentum != 0.0 else momentum
+        sc = _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize,
+                      gs, marker)
         n = ptrs.shape[0]
-        # math-type scalars (float32 unless the storage is float64)
-        neg_lr = ct(-(lr * factor), marker)
-        alpha_c = ct(alpha, marker)
-        one_m_alpha = ct(1.0 - alpha, marker)
-        one_m_w = ct(1.0, marker) - one_m_alpha      # lerp's 1 - w, w = 1 - alpha
-        small_w = one_m_alpha < ct(0.5, marker)
-        eps_c = ct(eps, marker)
-        mom_c = ct(mom, marker)
-        wd = ct(weight_decay, marker)
-        sign = ct(-1.0 if maximize else 1.0, marker)
-        gs_c = ct(gs, marker)
-        coupled = weight_decay != 0.0
         total = offsets[n]
         for c in prange(n_chunks(offsets)):
             scratch = tmp(marker)
@@ -95,31 +115,54 @@ def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps,
             i = first_tensor(offsets, lo)
             while i < n and offsets[i] < hi:
                 start = offsets[i]
-                size = offsets[i + 1] - start
                 a = max(lo, start) - start
                 b = min(hi, offsets[i + 1]) - start
                 if b > a:
-                    p = view(ptrs[i, _P], size, marker)[a:b]
-                    g = view(ptrs[i, _G], size, marker)[a:b]
-                    sq = view(ptrs[i, _SQ], size, marker)[a:b]
-                    ga = sq
-                    bf = sq
-                    if centered:
-                        ga = view(ptrs[i, _GAVG], size, marker)[a:b]
-                    if has_buf:
-                        bf = view(ptrs[i, _BUF], size, marker)[a:b]
-                    _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c, wd,
-                             sign, gs_c, centered, has_buf, has_gs, coupled, sqrt_f, scratch)
+                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, centered, has_buf,
+                            has_gs, sqrt_f, scratch, marker)
                 i += 1
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+@njit(**JIT)
+def _rmsprop_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
+                    momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
+                    advance_position, marker, sqrt_f):
+    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        sc = _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize,
+                      gs, marker)
+        scratch = tmp(marker)
+        for i in range(ptrs.shape[0]):
+            size = offsets[i + 1] - offsets[i]
+            if size > 0:
+                _tensor(ptrs, i, size, 0, size, sc, centered, has_buf, has_gs, sqrt_f, scratch,
+                        marker)
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def launch(table, offsets, marker, *, lr, alpha, eps, weight_decay, momentum, centered,
+           maximize, schedule, position, grad_scale=None, found_inf=None,
+           advance_position=True, has_buf):
+    """``rmsprop_step`` on an address table already packed (``pack``; the caller keeps it)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    kernel = _rmsprop_serial if offsets[-1] <= SERIAL_MAX else _rmsprop_kernel
+    if kernel is _rmsprop_kernel:
+        setup_threads()
+    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha), float(eps),
+           float(weight_decay), scalar(momentum), bool(centered), bool(maximize), has_buf,
+           has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker))
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
                  alpha, eps, weight_decay, momentum, centered, maximize, schedule, position,
                  grad_scale=None, found_inf=None, advance_position=True):
     """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
-    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     if not params:
+        program_args(schedule, position)
         if advance_position:
             position.add_(1.0)
         return
@@ -127,9 +170,7 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
         raise ValueError("numba rmsprop_step: centered needs grad_avgs")
     table, offsets = pack(params, [grads, square_avgs, grad_avgs if centered else None,
                                    momentum_buffers], steps)
-    has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    setup_threads()
-    _rmsprop_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha),
-                    float(eps), float(weight_decay), scalar(momentum), bool(centered),
-                    bool(maximize), momentum_buffers is not None, has_gs, gs, skip,
-                    bool(advance_position), marker_of(params), sqrt_fn(marker_of(params)))
+    launch(table, offsets, marker_of(params), lr=lr, alpha=alpha, eps=eps,
+           weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
+           schedule=schedule, position=position, grad_scale=grad_scale, found_inf=found_inf,
+           advance_position=advance_position, has_buf=momentum_buffers is not None)

@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from ._common import (CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
                       load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
-                      setup_threads, store, view)
+                      setup_threads, store, view, SERIAL_MAX)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -44,26 +44,43 @@ def _segment(p, g, buf, neg_lr, momentum, one_m_dampening, wd, sign, gs, first, 
         store(p, j, fma(gj, neg_lr, pj))
 
 
+@njit(**JIT)
+def _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay, maximize,
+             gs, marker):
+    """The step's scalars: the per-tensor steps, then the math-type ones (float32 unless
+    the storage is float64)."""
+    program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
+    factor, sched_momentum, has_momentum = evaluate(program, t)
+    mom = sched_momentum if has_momentum != 0.0 else momentum
+    return (read_steps(ptrs, _STEP), ct(-(lr * factor), marker), ct(mom, marker),
+            ct(1.0 - dampening, marker), ct(weight_decay, marker),
+            ct(-1.0 if maximize else 1.0, marker), ct(gs, marker), weight_decay != 0.0)
+
+
+@njit(**JIT)
+def _tensor(ptrs, i, size, a, b, sc, nesterov, has_buf, has_gs, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+    steps, neg_lr, mom_c, one_m_d, wd, sign, gs_c, coupled = sc
+    p = view(ptrs[i, _P], size, marker)[a:b]
+    g = view(ptrs[i, _G], size, marker)[a:b]
+    buf = g
+    if has_buf:
+        buf = view(ptrs[i, _BUF], size, marker)[a:b]
+    _segment(p, g, buf, neg_lr, mom_c, one_m_d, wd, sign, gs_c, steps[i] == 0.0, has_buf,
+             has_gs, coupled, nesterov)
+
+
 @njit(**PJIT)
 def _sgd_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening,
                 weight_decay, nesterov, maximize, has_buf, has_gs, gs, found_inf,
                 advance_position, marker):
+    """Parallel over CHUNK-element chunks of the concatenated tensors."""
     pos = f64_at(pos_addr)
     t = pos[0]
     if not found_inf:
-        program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
-        factor, sched_momentum, has_momentum = evaluate(program, t)
-        mom = sched_momentum if has_momentum != 0.0 else momentum
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
+                      maximize, gs, marker)
         n = ptrs.shape[0]
-        steps = read_steps(ptrs, _STEP)
-        # math-type scalars (float32 unless the storage is float64)
-        neg_lr = ct(-(lr * factor), marker)
-        mom_c = ct(mom, marker)
-        one_m_d = ct(1.0 - dampening, marker)
-        wd = ct(weight_decay, marker)
-        sign = ct(-1.0 if maximize else 1.0, marker)
-        gs_c = ct(gs, marker)
-        coupled = weight_decay != 0.0
         total = offsets[n]
         for c in prange(n_chunks(offsets)):
             lo = c * CHUNK
@@ -71,35 +88,57 @@ def _sgd_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampe
             i = first_tensor(offsets, lo)
             while i < n and offsets[i] < hi:
                 start = offsets[i]
-                size = offsets[i + 1] - start
                 a = max(lo, start) - start
                 b = min(hi, offsets[i + 1]) - start
                 if b > a:
-                    p = view(ptrs[i, _P], size, marker)[a:b]
-                    g = view(ptrs[i, _G], size, marker)[a:b]
-                    first = steps[i] == 0.0
-                    buf = g
-                    if has_buf:
-                        buf = view(ptrs[i, _BUF], size, marker)[a:b]
-                    _segment(p, g, buf, neg_lr, mom_c, one_m_d, wd, sign, gs_c, first, has_buf,
-                             has_gs, coupled, nesterov)
+                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, nesterov, has_buf,
+                            has_gs, marker)
                 i += 1
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+@njit(**JIT)
+def _sgd_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening,
+                weight_decay, nesterov, maximize, has_buf, has_gs, gs, found_inf,
+                advance_position, marker):
+    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
+    pos = f64_at(pos_addr)
+    t = pos[0]
+    if not found_inf:
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
+                      maximize, gs, marker)
+        for i in range(ptrs.shape[0]):
+            size = offsets[i + 1] - offsets[i]
+            if size > 0:
+                _tensor(ptrs, i, size, 0, size, sc, nesterov, has_buf, has_gs, marker)
+    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+
+
+def launch(table, offsets, marker, *, lr, momentum, dampening, weight_decay, nesterov,
+           maximize, schedule, position, grad_scale=None, found_inf=None,
+           advance_position=True, has_buf):
+    """``sgd_step`` on an address table already packed (``pack``; the caller keeps it)."""
+    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
+    has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    kernel = _sgd_serial if offsets[-1] <= SERIAL_MAX else _sgd_kernel
+    if kernel is _sgd_kernel:
+        setup_threads()
+    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
+           float(dampening), float(weight_decay), bool(nesterov), bool(maximize), has_buf,
+           has_gs, gs, skip, bool(advance_position), marker)
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
              weight_decay, nesterov, maximize, schedule, position, grad_scale=None,
              found_inf=None, advance_position=True):
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
-    prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     if not params:
+        program_args(schedule, position)
         if advance_position:
             position.add_(1.0)
         return
     table, offsets = pack(params, [grads, momentum_buffers], steps)
-    has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    setup_threads()
-    _sgd_kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
-                float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
-                momentum_buffers is not None, has_gs, gs, skip, bool(advance_position),
-                marker_of(params))
+    launch(table, offsets, marker_of(params), lr=lr, momentum=momentum, dampening=dampening,
+           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, schedule=schedule,
+           position=position, grad_scale=grad_scale, found_inf=found_inf,
+           advance_position=advance_position, has_buf=momentum_buffers is not None)
