@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "every available backend) against torch.optim; table of largest errors, exit 1 on "
         "a failure",
     ),
+    "aot": (
+        "fusedsched.aot",
+        "compile every Triton kernel variant ahead of time for sm_80/sm_90 (no GPU needed) "
+        "and check registers, spills and load widths; exit 1 if a goal is missed",
+    ),
 }
 
 

@@ -11,13 +11,19 @@ max_load_bits is the widest ``ld.global`` in the PTX.
 Under ``TRITON_INTERPRET=1`` ``@triton.jit`` yields interpreter functions that cannot be
 compiled, so then the work runs in a subprocess without that variable.
 
-Measured (triton 3.8.0, 352 variants per arch: sgd 24 + rmsprop 32 + adam 32 flag combos x
-4 dtypes; cold cache, 2 shared cores): sm_80 503 s wall (~1 s CPU per variant, LLVM + ptxas,
-much of it the fp64 evaluator's libdevice cos/pow/log, instantiated twice: full and tail
-block). No spills anywhere; every variant has 128-bit global loads. Registers sm_80: sgd
-52-56, rmsprop 54-64, adam fp32 64, adam fp64 62-68, adam fp16/bf16 66-72 (the 64 goal is
-missed by Adam 16-bit, 8 elements/thread x 5 streams; BLOCK 512 for 16-bit would trade it
-for 64-bit loads). sm_90 spot checks: adam fp32 66, fp16 72, bf16 70, fp64 68; sgd 56-58.
+Every launch uses ``_launch.LAUNCH_OPTIONS`` (4 warps, ``maxnreg`` 64), and so does this
+compile. The schedule is not a compile-time parameter: every kernel evaluates the schedule
+program (``kernels/schedule_encoding.py``) at run time, so one binary per variant serves every
+schedule encoding ("schedule: program" in the rows).
+
+Goals (``goals(rows)``): no spills, at most 64 registers, 128-bit global loads for fp32 (and
+recorded for every dtype). Before the register cap (triton 3.8.0): Adam sm_90 fp32 62-66,
+fp16/bf16 68-72, fp64 62-68 registers; sm_80 fp32 64, fp64 62-68, 16-bit 66-72. With it: 64
+everywhere it was above, no spills, 128-bit loads kept.
+
+Time: ~1-3 s of CPU per variant (LLVM + ptxas, much of it the fp64 evaluator's libdevice
+cos/pow/log), spread over a process pool; Triton's cache (``TRITON_CACHE_DIR``, default
+~/.triton/cache) makes a repeated run a few seconds.
 """
 
 import itertools
@@ -89,17 +95,41 @@ def _compile_one(job):
     return _compile_rows(arch, [(opt, flags)], [dt])[0]
 
 
-def _compile_here(arch):
-    """All variants, spread over a process pool (each compile is ~1 s of CPU: LLVM + ptxas,
-    most of it the fp64 schedule evaluator's libdevice cos/pow/log)."""
+def jobs_for(arch, optimizers=None, dtypes=None, limit=None):
+    """The (arch, optimizer, flags, dtype) compile jobs, optionally filtered. ``limit`` (quick
+    tests) keeps ``limit`` flag combinations per optimizer: the first ``limit - 1`` (plain
+    first) and the last (every flag on)."""
+    jobs = []
+    for opt in optimizers or list(FLAGS):
+        vs = variants(opt)
+        if limit is not None and limit < len(vs):
+            vs = vs[:max(limit - 1, 0)] + vs[-1:] if limit > 0 else []
+        for _, flags in vs:
+            for dt in dtypes or DTYPES:
+                jobs.append((arch, opt, flags, dt))
+    return jobs
+
+
+def _compile_here(jobs, workers=None, progress=None):
+    """Compile ``jobs`` over a process pool (spawned workers: each compile is 1-3 s of CPU);
+    rows come back in job order. ``progress(row)`` is called as each finishes."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    jobs = [(arch, opt, flags, dt) for opt, flags in variants() for dt in DTYPES]
-    workers = min(len(jobs), os.cpu_count() or 1)
-    if workers <= 1:
-        return _compile_rows(arch, variants(), DTYPES)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    rows = [None] * len(jobs)
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            rows[i] = _compile_one(job)
+            if progress:
+                progress(rows[i])
+        return rows
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_compile_one, jobs, chunksize=4))
+        futures = {pool.submit(_compile_one, job): i for i, job in enumerate(jobs)}
+        for fut in as_completed(futures):
+            rows[futures[fut]] = fut.result()
+            if progress:
+                progress(rows[futures[fut]])
+    return rows
 
 
 def _compile_rows(arch, var_list, dtypes):
@@ -127,26 +157,52 @@ def _compile_rows(arch, var_list, dtypes):
             full_sig = dict(sig, **{k: "constexpr" for k in consts})
             src = triton.compiler.ASTSource(fn=kernels[opt], signature=full_sig,
                                             constexprs=consts, attrs=attrs)
-            ck = triton.compile(src, target=target, options={"num_warps": L.NUM_WARPS})
+            t0 = time.perf_counter()
+            ck = triton.compile(src, target=target, options=dict(L.LAUNCH_OPTIONS))
+            compile_s = time.perf_counter() - t0
             regs, spill = _res_usage(ck.asm["cubin"])
             rows.append({"optimizer": opt,
                          "variant": ",".join(k for k, v in flags.items() if v) or "plain",
                          "dtype": dt, "arch": f"sm_{cap}", "n_regs": regs, "n_spills": spill,
-                         "max_load_bits": _load_bits(ck.asm["ptx"])})
+                         "max_load_bits": _load_bits(ck.asm["ptx"]), "schedule": "program",
+                         "compile_s": round(compile_s, 2)})
     return rows
 
 
-def compile_variants(arch: str) -> list:
-    """Compile every kernel variant for ``arch`` ("sm_80", "sm_90"); one dict per variant."""
+def compile_variants(arch: str, optimizers=None, dtypes=None, limit=None, workers=None,
+                     progress=None) -> list:
+    """Compile every kernel variant for ``arch`` ("sm_80", "sm_90"); one dict per variant
+    (filters as in ``jobs_for``)."""
     from .schedule import INTERPRET
     if not INTERPRET:
-        return _compile_here(arch)
+        return _compile_here(jobs_for(arch, optimizers, dtypes, limit), workers, progress)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; from fusedsched.kernels.triton.aot import compile_variants; "
-            "json.dump(compile_variants(sys.argv[1]), sys.stdout)")
-    out = subprocess.run([sys.executable, "-c", code, arch], env=env, capture_output=True,
+            "a = json.loads(sys.argv[1]); json.dump(compile_variants(*a), sys.stdout)")
+    args = json.dumps([arch, optimizers, dtypes, limit, workers])
+    out = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True,
                          text=True, check=True).stdout
     return json.loads(out)
+
+
+MAX_REGS = 64
+
+
+def goals(rows) -> list:
+    """[(goal, ok, detail)]: no spills, <= 64 registers, 128-bit loads for fp32."""
+    spills = [r for r in rows if r["n_spills"] > 0]
+    regs = [r for r in rows if r["n_regs"] > MAX_REGS]
+    narrow = [r for r in rows if r["dtype"] == "fp32" and r["max_load_bits"] < 128]
+
+    def names(rs):
+        return ", ".join(f"{r['optimizer']}/{r['variant']}/{r['dtype']}/{r['arch']}"
+                         f"({r['n_regs']}r,{r['n_spills']}B,{r['max_load_bits']}b)"
+                         for r in rs[:5]) + (f" and {len(rs) - 5} more" if len(rs) > 5 else "")
+    return [("no spills", not spills, names(spills) or f"{len(rows)} variants"),
+            (f"<= {MAX_REGS} registers", not regs,
+             names(regs) or f"max {max((r['n_regs'] for r in rows), default=0)}"),
+            ("128-bit fp32 loads", not narrow,
+             names(narrow) or f"{sum(r['dtype'] == 'fp32' for r in rows)} fp32 variants")]
 
 
 if __name__ == "__main__":
