@@ -15,6 +15,7 @@ All values are finite for every integer ``t >= 0``; a phase of length 0 counts a
 """
 
 import bisect
+import inspect
 import math
 import numbers
 
@@ -60,10 +61,14 @@ def _fail(kind, name, requirement, value):
     raise ValueError(f"{kind}: {name} must be {requirement}, got {value!r}")
 
 
+_MAX_STEPS = 2 ** 53  # step counts are float64 in the kernels' encoding: exact up to here
+
+
 def _integer(kind, name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        _fail(kind, name, "a non-negative integer" if minimum == 0 else "a positive integer",
-              value)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or value > _MAX_STEPS):
+        _fail(kind, name, ("a non-negative integer" if minimum == 0 else "a positive integer")
+              + " <= 2**53", value)
     return int(value)
 
 
@@ -106,7 +111,8 @@ def _milestones(kind, milestones):
         _fail(kind, "milestones", "a list of non-negative integers", milestones)
     milestones = list(milestones)
     for m in milestones:
-        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
+        if (isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0
+                or m > _MAX_STEPS):
             _fail(kind, "milestones", "a list of non-negative integers", milestones)
     milestones = [int(m) for m in milestones]
     if milestones != sorted(milestones):
@@ -547,11 +553,19 @@ def multistep(milestones, gamma=0.1):
     MultiStepLR. Compiles to a SWITCH chain of constants.
 
     Raises ValueError: milestones not a sorted list of non-negative ints; gamma not a finite
-    number > 0.
+    number > 0, or ``gamma ** len(milestones)`` overflowing.
     """
-    return MultiStep(milestones=_milestones("multistep", milestones),
-                     gamma=_real("multistep", "gamma", gamma, low_open=True,
-                                 requirement="a finite number > 0"))
+    milestones = _milestones("multistep", milestones)
+    gamma = _real("multistep", "gamma", gamma, low_open=True,
+                  requirement="a finite number > 0")
+    try:
+        finite = math.isfinite(gamma ** len(milestones))
+    except OverflowError:
+        finite = False
+    if not finite:
+        _fail("multistep", "gamma", f"such that gamma ** {len(milestones)} (one factor per "
+              "milestone) is finite", gamma)
+    return MultiStep(milestones=milestones, gamma=gamma)
 
 
 def exponential(gamma):
@@ -615,6 +629,9 @@ def one_cycle(total_steps, pct_start=0.3, anneal="cos", div_factor=25.0,
     div factors not finite > 0; momenta not in [0, 1); flags not bool.
     """
     kind = "one_cycle"
+    if (isinstance(div_factor, numbers.Real) and not isinstance(div_factor, bool)
+            and 0 < div_factor < 1 and not math.isfinite(1.0 / div_factor)):
+        _fail(kind, "div_factor", "a number whose reciprocal is finite", div_factor)
     for name, flag in (("three_phase", three_phase), ("cycle_momentum", cycle_momentum)):
         if not isinstance(flag, bool):
             _fail(kind, name, "a bool", flag)
@@ -744,13 +761,29 @@ _CONSTRUCTORS = {f.__name__: f for f in (
 def from_spec(spec):
     """The Schedule of ``spec`` (from :meth:`Schedule.to_spec`), validated again.
 
-    Raises ValueError: unknown kind, or any argument error of the constructor.
+    Only plain data is read (never evaluated); nesting deeper than 64 levels is refused.
+    Raises ValueError: unknown kind, unknown or missing arguments, or any argument error of
+    the constructor.
     """
+    return _from_spec(spec, 0)
+
+
+def _from_spec(spec, depth):
     if not isinstance(spec, dict) or spec.get("kind") not in _CONSTRUCTORS:
         raise ValueError(f"from_spec: spec must be a dict with a known 'kind', got {spec!r}")
+    if depth > 64:
+        raise ValueError("from_spec: schedules nested deeper than 64 levels")
     args = {k: v for k, v in spec.items() if k != "kind"}
     if "schedule" in args:
-        args["schedule"] = from_spec(args["schedule"])
+        args["schedule"] = _from_spec(args["schedule"], depth + 1)
     if spec["kind"] == "sequential":
-        args["schedules"] = [from_spec(s) for s in args["schedules"]]
-    return _CONSTRUCTORS[spec["kind"]](**args)
+        children = args.get("schedules")
+        if not isinstance(children, (list, tuple)):
+            raise ValueError(f"from_spec: sequential needs a list 'schedules', got {spec!r}")
+        args["schedules"] = [_from_spec(s, depth + 1) for s in children]
+    constructor = _CONSTRUCTORS[spec["kind"]]
+    try:
+        inspect.signature(constructor).bind(**args)
+    except TypeError as exc:
+        raise ValueError(f"from_spec: bad arguments for {spec['kind']}: {exc}") from None
+    return constructor(**args)

@@ -1,42 +1,83 @@
 """Argument checks shared by the optimizers. Each raises ValueError (or TypeError for a
 wrong type) naming the argument and its value, in torch's wording where torch checks the
-same thing."""
+same thing. Every check reads only the group: it writes nothing, so ``step()``,
+``add_param_group`` and ``load_state_dict`` can check everything before changing anything.
+
+A 1-element tensor hyperparameter (``lr``, ``momentum``, ``betas``: the ones the kernels
+read on the device) is checked for its shape and dtype; its value is checked when it lives
+on the CPU (reading an accelerator tensor would be a host-device sync on every step).
+"""
 
 import math
 import numbers
 
 import torch
 
+from .. import schedules as S
 
-def _number(name, value, what):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"Invalid {what}: {name} must be a real number, got {value!r}")
-    if isinstance(value, torch.Tensor):
+def _number(name, value, what, allow_tensor=True):
+    if isinstance(value, torch.Tensor) and allow_tensor:
         if value.numel() != 1:
-            raise ValueError(f"Tensor {name} must be 1-element, got {name} of shape {tuple(value.shape)}")
+            raise ValueError(f"Tensor {name} must be 1-element, got {name} of shape "
+                             f"{tuple(value.shape)}")
         if value.is_complex() or not value.is_floating_point():
-            raise TypeError(f"Invalid {what}: tensor {name} must be floating point, got dtype {value.dtype}")
-        return float(value.detach().reshape(()).cpu()) if value.device.type == "cpu" else None
+            raise TypeError(f"Invalid {what}: tensor {name} must be floating point, got "
+                            f"dtype {value.dtype}")
+        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a real number or a 1-element float tensor" if allow_tensor else "a real number"
+        raise TypeError(f"Invalid {what}: {name} must be {kind}, got {name}={value!r}")
     return float(value)
 
 
-def nonnegative(name, value, what):
+def nonnegative(name, value, what, allow_tensor=True):
     """``value`` >= 0 and finite (a 1-element float tensor on an accelerator is not read)."""
-    v = _number(name, value, what)
+    v = _number(name, value, what, allow_tensor)
     if v is not None and not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"Invalid {what}: {name}={value!r}")
+        raise ValueError(f"Invalid {what}: {name}={value!r} (must be finite and >= 0)")
     return value
 
 
-def in_range(name, value, what, low, high, *, high_open=True):
+def in_range(name, value, what, low, high, *, high_open=True, allow_tensor=True):
     """``low <= value < high`` (``<= high`` when not ``high_open``)."""
-    v = _number(name, value, what)
+    v = _number(name, value, what, allow_tensor)
     if v is not None and not (low <= v < high if high_open else low <= v <= high):
-        raise ValueError(f"Invalid {what}: {name}={value!r}")
+        interval = f"[{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"Invalid {what}: {name}={value!r} (must be in {interval})")
     return value
 
 
 def flag(name, value):
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+        raise TypeError(f"{name} must be a bool, got {name}={value!r}")
     return value
+
+
+def value_of(value):
+    """A hyperparameter as a Python float, or None for a tensor not on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
+    return float(value)
+
+
+def common(group):
+    """What every algorithm's group holds besides its hyperparameters: the schedule (a
+    Schedule or a callable: ``None`` was replaced by ``constant()`` when the group was
+    made) and the schedule position (a 1-element float tensor holding an integer >= 0,
+    e.g. from a loaded state_dict). Parameters' dtypes, devices and gradients are checked
+    by ``step()`` itself (``_base.FusedOptimizer._plan``)."""
+    schedule = group.get("schedule")
+    if not (isinstance(schedule, S.Schedule) or callable(schedule)):
+        raise TypeError(f"schedule must be a fusedsched.schedules schedule or a callable "
+                        f"f(t) -> float, got schedule={schedule!r}")
+    if "schedule_position" in group:
+        position = group["schedule_position"]
+        if (not isinstance(position, torch.Tensor) or position.numel() != 1
+                or not position.is_floating_point()):
+            raise TypeError(f"schedule_position must be a 1-element float tensor, got "
+                            f"schedule_position={position!r}")
+        if position.device.type == "cpu":
+            t = float(position.detach().reshape(()))
+            if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t <= 2.0 ** 53):
+                raise ValueError(f"schedule_position must hold an integer in [0, 2**53], "
+                                 f"got schedule_position={t!r}")

@@ -2,7 +2,7 @@
 torch.optim.AdamW: same arguments, defaults, param-group keys and state keys."""
 
 from ._base import FusedOptimizer
-from ._validate import flag, in_range, nonnegative
+from ._validate import common, flag, in_range, nonnegative
 
 
 class Adam(FusedOptimizer):
@@ -48,14 +48,16 @@ class Adam(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     def _check_group(self, group):
+        common(group)
         nonnegative("lr", group["lr"], "learning rate")
-        nonnegative("eps", group["eps"], "epsilon value")
+        nonnegative("eps", group["eps"], "epsilon value", allow_tensor=False)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"Invalid betas: expected a pair (beta1, beta2), got betas={betas!r}")
         for i, beta in enumerate(betas):
             in_range(f"betas[{i}]", beta, f"beta parameter at index {i}", 0.0, 1.0)
-        nonnegative("weight_decay", group["weight_decay"], "weight_decay value")
+        nonnegative("weight_decay", group["weight_decay"], "weight_decay value",
+                    allow_tensor=False)
         for name in ("amsgrad", "maximize", "decoupled_weight_decay"):
             flag(name, group[name])
 

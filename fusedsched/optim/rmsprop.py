@@ -2,7 +2,7 @@
 same arguments, defaults, param-group keys and state keys."""
 
 from ._base import FusedOptimizer
-from ._validate import flag, nonnegative
+from ._validate import common, flag, in_range, nonnegative
 
 
 class RMSprop(FusedOptimizer):
@@ -17,7 +17,8 @@ class RMSprop(FusedOptimizer):
         params: iterable of tensors or param-group dicts (float16, bfloat16, float32,
             float64 or complex); math in float32 (float64 for float64 parameters).
         lr (float or 1-element tensor): base learning rate, >= 0.
-        alpha (float): smoothing constant, >= 0.
+        alpha (float): smoothing constant, in [0, 1] (torch also accepts alpha > 1,
+            which makes ``square_avg`` negative and the update NaN).
         eps (float): added to the denominator, >= 0.
         weight_decay (float): L2 penalty, >= 0.
         momentum (float): momentum factor, >= 0.
@@ -45,11 +46,15 @@ class RMSprop(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     def _check_group(self, group):
+        common(group)
         nonnegative("lr", group["lr"], "learning rate")
-        nonnegative("eps", group["eps"], "epsilon value")
+        nonnegative("eps", group["eps"], "epsilon value", allow_tensor=False)
         nonnegative("momentum", group["momentum"], "momentum value")
-        nonnegative("weight_decay", group["weight_decay"], "weight_decay value")
-        nonnegative("alpha", group["alpha"], "alpha value")
+        nonnegative("weight_decay", group["weight_decay"], "weight_decay value",
+                    allow_tensor=False)
+        # torch accepts alpha > 1, where square_avg turns negative and sqrt gives NaN.
+        in_range("alpha", group["alpha"], "alpha value", 0.0, 1.0, high_open=False,
+                 allow_tensor=False)
         flag("centered", group["centered"])
         flag("maximize", group["maximize"])
 

@@ -2,7 +2,7 @@
 defaults, param-group keys and state keys (``momentum_buffer``)."""
 
 from ._base import FusedOptimizer
-from ._validate import flag, in_range, nonnegative
+from ._validate import common, flag, in_range, nonnegative, value_of
 
 
 class SGD(FusedOptimizer):
@@ -43,15 +43,21 @@ class SGD(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     def _check_group(self, group):
+        common(group)
         nonnegative("lr", group["lr"], "learning rate")
         nonnegative("momentum", group["momentum"], "momentum value")
-        in_range("dampening", group["dampening"], "dampening value", 0.0, 1.0, high_open=False)
-        nonnegative("weight_decay", group["weight_decay"], "weight_decay value")
+        in_range("dampening", group["dampening"], "dampening value", 0.0, 1.0, high_open=False,
+                 allow_tensor=False)
+        nonnegative("weight_decay", group["weight_decay"], "weight_decay value",
+                    allow_tensor=False)
         flag("nesterov", group["nesterov"])
         flag("maximize", group["maximize"])
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening, got "
-                             f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+        if group["nesterov"]:
+            momentum = value_of(group["momentum"])
+            if (momentum is not None and momentum <= 0) or group["dampening"] != 0:
+                raise ValueError(
+                    "Nesterov momentum requires a momentum and zero dampening: nesterov=True "
+                    f"with momentum={group['momentum']!r}, dampening={group['dampening']!r}")
 
     def _momentum_on(self, group):
         return group["momentum"] != 0 or getattr(group["schedule"], "cycles_momentum", False)
@@ -76,6 +82,7 @@ class Momentum(SGD):
 
     def _check_group(self, group):
         super()._check_group(group)
-        if not group["momentum"] > 0:
+        momentum = value_of(group["momentum"])
+        if momentum is not None and not momentum > 0:
             raise ValueError(f"Invalid momentum value: Momentum requires momentum > 0, "
                              f"got momentum={group['momentum']!r}")
