@@ -14,6 +14,21 @@ passes Python floats as fp32), cached by their values; a 0-dim tensor hyperparam
 (lr, momentum, betas) is copied into its slot on the device (``copy_``, no host sync).
 Nothing that changes between steps is a kernel integer argument, so Triton's integer
 specialisation never recompiles: the schedule position and steps are read by pointer.
+
+CUDA graphs. Once the tables and the hyperparameter buffer are cached (any step before the
+capture: the usual side-stream warm-up), a step does on the host only dictionary look-ups
+and one launch, and on the device: the launch, ``copy_`` of tensor hyperparameters into
+their slots, ``torch._foreach_add_`` of the steps (by ``found_inf == 0``, a device
+temporary from the caching allocator, which graphs allow) and ``position += 1``. No
+``.item()``, no host-device copy, no synchronisation, no recompilation: ``step()`` captures
+into a ``torch.cuda.CUDAGraph`` and each replay advances the schedule on the device
+(tests_gpu/test_cuda_graphs.py). What a graph cannot see: a *float* hyperparameter changed
+on the host after capture (e.g. a ``torch.optim.lr_scheduler`` writing ``group["lr"]``
+between replays) -- the graph keeps the buffer of capture time, and outside a graph the new
+value costs one small host-to-device copy the first time it is seen. To change lr, momentum
+or betas under a graph, make them 0-dim device tensors and update them in place (or use a
+fusedsched schedule, which the kernel evaluates on the device). Tables are keyed by data
+pointers: a graph must be captured again if parameters or state are reallocated.
 """
 
 import torch
