@@ -132,8 +132,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
             # leaves an uninitialised one: case C13). One host read of found_inf, only on a
             # step that created buffers.
-            for p in fresh:
-                self.state[p].pop("momentum_buffer", None)
+            for p in fresh:     # a new dict, not a pop: launch caches hold the old one
+                self.state[p] = {k: v for k, v in self.state[p].items()
+                                 if k != "momentum_buffer"}
         return loss
 
     def _plan(self, group):
