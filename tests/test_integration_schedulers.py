@@ -9,7 +9,6 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
-from fusedsched.optim import _backend
 
 from _torch_oracle import OURS_CLASS, TORCH_CLASS, grads_for, make_params
 
@@ -88,31 +87,21 @@ def test_group_changes_apply_from_the_next_step(backend):
         _assert_same(t_opt, theirs, o_opt, ours)
 
 
-def _record_kernel_calls(monkeypatch):
-    calls = []
-    real = _backend.kernel
-
-    def kernel(backend, algorithm):
-        fn = real(backend, algorithm)
-
-        def wrapped(*args, **kwargs):
-            calls.append(kwargs)
-            return fn(*args, **kwargs)
-        return wrapped
-    monkeypatch.setattr(_backend, "kernel", kernel)
-    return calls
-
-
 @pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
 @pytest.mark.parametrize("shape", [(), (1,)], ids=["0-dim", "1-element"])
 def test_tensor_lr_updated_in_place_is_read_by_the_kernel(monkeypatch, backend, shape):
     """C15: ExponentialLR fills a tensor lr in place; our optimizer hands that very tensor
     to the kernel (no float() of it, so no host sync on an accelerator) and the next
     update uses the new value."""
-    calls = _record_kernel_calls(monkeypatch)
     lr = torch.full(shape, 0.1)
     p = torch.ones(3, requires_grad=True)
     opt = fs.Adam([p], lr=lr, backend=backend)
+    calls = []      # the kernel arguments every launch path passes on
+
+    def kernel_args(group, group_lr):
+        calls.append(fs.Adam._kernel_args(opt, group, group_lr))
+        return calls[-1]
+    monkeypatch.setattr(opt, "_kernel_args", kernel_args)
     sched = LR.ExponentialLR(opt, gamma=0.5)
     q = torch.ones(3, requires_grad=True)
     t_opt = torch.optim.Adam([q], lr=torch.full(shape, 0.1), foreach=False)
