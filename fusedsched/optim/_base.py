@@ -183,6 +183,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf = _device_scalar(found_inf, device)
 
         keys = self._state_keys(group)
+        if backend == "numba":      # cached address tables (kernels/numba/_launch.py)
+            tables = self.__dict__.setdefault("_numba_tables", {})
+            table = tables.get(id(group))
+            if table is not None and table.matches(group, self.state, params, keys):
+                table.launch(self._kernel_args(group, lr), schedule=program, position=position,
+                             grad_scale=grad_scale, found_inf=found_inf)
+                return
+            tables.pop(id(group), None)
         by_dtype = {}
         for p in params:
             state = self.state[p]
@@ -196,6 +204,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not by_dtype:
             position.add_(1.0)
             return
+        if (backend == "numba" and len(by_dtype) == 1 and next(iter(by_dtype)) in _REAL_DTYPES
+                and all(p.is_contiguous() and p.grad.is_contiguous() for p in params)):
+            from ..kernels.numba._launch import GroupTable
+            try:
+                table = GroupTable(self.algorithm, group, self.state, params, keys)
+            except ValueError:      # a non-contiguous state tensor: the generic path
+                table = None
+            if table is not None:
+                tables[id(group)] = table
+                table.launch(self._kernel_args(group, lr), schedule=program, position=position,
+                             grad_scale=grad_scale, found_inf=found_inf)
+                return
         for n, (dtype, ps) in enumerate(by_dtype.items()):
             staged = _Staged()
             tensors = [staged(p) for p in ps]
