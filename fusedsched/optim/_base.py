@@ -23,6 +23,7 @@ _UNIT = S.constant()
 
 _REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+_DTYPES = frozenset(_REAL_DTYPES + _COMPLEX_DTYPES)
 
 
 def _check_schedule(schedule):
@@ -144,30 +145,39 @@ class FusedOptimizer(torch.optim.Optimizer):
         device = params[0].device if params else group["schedule_position"].device
         for p in params:
             g = p.grad
-            if g.is_sparse:
-                raise SparseGradientError(
-                    f"{type(self).__name__} does not support sparse gradients "
-                    f"(a parameter of shape {tuple(p.shape)} has a sparse grad)")
-            if p.dtype not in _REAL_DTYPES + _COMPLEX_DTYPES:
-                raise TypeError(f"{type(self).__name__} supports floating point and complex "
-                                f"parameters, got a parameter of dtype {p.dtype}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"grad dtype {g.dtype} differs from its parameter's dtype "
-                                f"{p.dtype} (shape {tuple(p.shape)})")
-            if g.shape != p.shape:
-                raise ValueError(f"grad shape {tuple(g.shape)} differs from its parameter's "
-                                 f"shape {tuple(p.shape)}")
-            if _is_dtensor(p) != _is_dtensor(g) or (_is_dtensor(p) and (
-                    p.placements != g.placements or p.device_mesh != g.device_mesh)):
-                raise ValueError(
-                    f"a DTensor parameter needs a DTensor grad on the same mesh with the same "
-                    f"placements (shape {tuple(p.shape)}: parameter "
-                    f"{getattr(p, 'placements', 'a plain tensor')}, grad "
-                    f"{getattr(g, 'placements', 'a plain tensor')})")
-            if p.device != device or g.device != device:
-                raise ValueError(f"parameters of one group must be on one device, got "
-                                 f"{device} and {p.device if p.device != device else g.device}")
+            # One cheap test per parameter (host cost is per tensor); the exact reason is
+            # worked out only when it fails, or for DTensor grads.
+            if (type(g) is not torch.Tensor or g.dtype is not p.dtype or g.is_sparse
+                    or p.dtype not in _DTYPES or g.shape != p.shape
+                    or g.device != device or p.device != device):
+                self._check_param(p, g, device)
         return group, device, params, _backend.resolve(self.backend, device)
+
+    def _check_param(self, p, g, device):
+        """Raise the error that fits a parameter and grad that failed the quick test."""
+        if g.is_sparse:
+            raise SparseGradientError(
+                f"{type(self).__name__} does not support sparse gradients "
+                f"(a parameter of shape {tuple(p.shape)} has a sparse grad)")
+        if p.dtype not in _DTYPES:
+            raise TypeError(f"{type(self).__name__} supports floating point and complex "
+                            f"parameters, got a parameter of dtype {p.dtype}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"grad dtype {g.dtype} differs from its parameter's dtype "
+                            f"{p.dtype} (shape {tuple(p.shape)})")
+        if g.shape != p.shape:
+            raise ValueError(f"grad shape {tuple(g.shape)} differs from its parameter's "
+                             f"shape {tuple(p.shape)}")
+        if _is_dtensor(p) != _is_dtensor(g) or (_is_dtensor(p) and (
+                p.placements != g.placements or p.device_mesh != g.device_mesh)):
+            raise ValueError(
+                f"a DTensor parameter needs a DTensor grad on the same mesh with the same "
+                f"placements (shape {tuple(p.shape)}: parameter "
+                f"{getattr(p, 'placements', 'a plain tensor')}, grad "
+                f"{getattr(g, 'placements', 'a plain tensor')})")
+        if p.device != device or g.device != device:
+            raise ValueError(f"parameters of one group must be on one device, got "
+                             f"{device} and {p.device if p.device != device else g.device}")
 
     def _launch(self, group, device, params, backend, grad_scale, found_inf):
         position = group["schedule_position"]
