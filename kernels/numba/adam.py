@@ -21,43 +21,62 @@ from ..schedule_encoding import NODE_SIZE
 _P, _G, _M, _V, _VMAX, _STEP = range(6)
 
 
+@njit(inline="always", **JIT)
+def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign,
+           gs, has_gs, coupled, decoupled, amsgrad, ts, tm, tp):
+    """Elements [lo, hi) up to the square root's argument. Called with a constant
+    ``amsgrad`` (inlined: two loops); no conditional store, the flags only select
+    values, so that the loop vectorises."""
+    for j in range(lo, hi):
+        gj = load(g, j)
+        gq = gj / gs
+        if has_gs:
+            gj = gq
+        gj = gj * sign
+        pj = load(p, j)
+        pd = pj * decay
+        if decoupled:
+            pj = pd
+        gc = fma(pj, wd, gj)
+        if coupled:
+            gj = gc
+        mj = lerp(load(m, j), gj, w, one_m_w, small_w)
+        vj = fma(one_m_beta2 * gj, gj, load(v, j) * beta2)
+        store(m, j, mj)
+        store(v, j, vj)
+        if amsgrad:
+            vm = load(vmax, j)
+            if not (vm >= vj or vm != vm):        # torch.maximum: NaN wins
+                vm = vj
+            store(vmax, j, vm)
+            vj = vm
+        ts[j - lo] = vj
+        tm[j - lo] = mj
+        tp[j - lo] = pj
+
+
 @njit(**JIT)
 def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
              eps, wd, decay, sign, gs, amsgrad, has_gs, coupled, decoupled, sqrt_f, t):
     """One segment (the arrays are views of it), in blocks of BLOCK elements: a first
     loop up to the square root's argument (kept in ``t[0]``, with the moment and the
-    parameter in ``t[1]``, ``t[2]``), the square roots as torch takes them (``vsqrt``),
-    then the parameter update. The flags are runtime values: LLVM unswitches the loops on
-    them (O3) and the resulting loops vectorise; one specialisation per dtype keeps the
-    compile time low."""
+    parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back (``has_gs``), the
+    square roots as torch takes them (``vsqrt``), then the parameter update. The flags are
+    runtime values (one specialisation per dtype keeps the compile time low); every loop
+    vectorises (checked in the assembly: ``tests/test_numba_kernels.py``)."""
     ts, tm, tp = t[0], t[1], t[2]
     n = p.shape[0]
     for lo in range(0, n, BLOCK):
         hi = min(lo + BLOCK, n)
-        for j in range(lo, hi):
-            gj = load(g, j)
-            if has_gs:
-                gj = gj / gs
-                store(g, j, gj)
-            gj = gj * sign
-            pj = load(p, j)
-            if decoupled:
-                pj = pj * decay
-            if coupled:
-                gj = fma(pj, wd, gj)
-            mj = lerp(load(m, j), gj, w, one_m_w, small_w)
-            vj = fma(one_m_beta2 * gj, gj, load(v, j) * beta2)
-            store(m, j, mj)
-            store(v, j, vj)
-            if amsgrad:
-                vm = load(vmax, j)
-                if not (vm >= vj or vm != vm):        # torch.maximum: NaN wins
-                    vm = vj
-                store(vmax, j, vm)
-                vj = vm
-            ts[j - lo] = vj
-            tm[j - lo] = mj
-            tp[j - lo] = pj
+        if amsgrad:
+            _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay,
+                   sign, gs, has_gs, coupled, decoupled, True, ts, tm, tp)
+        else:
+            _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay,
+                   sign, gs, has_gs, coupled, decoupled, False, ts, tm, tp)
+        if has_gs:                     # after the first loop, which reads the scaled g
+            for j in range(lo, hi):
+                store(g, j, load(g, j) / gs)
         vsqrt(sqrt_f, ts, hi - lo)
         for j in range(lo, hi):
             denom = ts[j - lo] / bc2_sqrt + eps
