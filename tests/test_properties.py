@@ -23,7 +23,7 @@ from fusedsched import schedules as S
 
 from _torch_oracle import OURS_CLASS, TORCH_CLASS, torch_scheduler
 
-settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
@@ -151,7 +151,9 @@ def _kernel_values_equal_python(backend, scheds, ts):
     opt.step()
     for g, (s, t) in zip(opt.param_groups, expected):
         got = g["params"][0].item()
-        assert got == pytest.approx(s(t), rel=1e-12, abs=1e-300), (s, t)
+        # abs: a factor computed as start + (end - start) * 1 may round to 0 where the
+        # kernel returns a tiny end (1e-19) directly: one ulp of start, not an error.
+        assert got == pytest.approx(s(t), rel=1e-12, abs=1e-15), (s, t)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
