@@ -9,7 +9,7 @@ import contextlib
 import torch
 
 from .. import schedules as S
-from . import _backend
+from . import _aids, _backend
 
 
 class SparseGradientError(RuntimeError, TypeError):
@@ -57,8 +57,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, backend):
+    def __init__(self, params, defaults, backend, *, master_weights, stochastic_rounding,
+                 max_grad_norm):
         self.backend = _backend.check_name(backend)
+        self.max_grad_norm = _aids.check(master_weights, stochastic_rounding, max_grad_norm)
+        self.master_weights = master_weights
+        self.stochastic_rounding = stochastic_rounding
+        self.last_grad_norm = None
+        self.rounding_seed = torch.initial_seed() % (1 << 63)
+        self._rounding_generators = {}
+        self._lift_view = (None, {})
         defaults["schedule"] = _check_schedule(defaults["schedule"])
         self._check_group(defaults)
         super().__init__(params, defaults)
@@ -115,7 +123,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         Honours ``self.grad_scale`` / ``self.found_inf`` set by ``torch.amp.GradScaler``
         (gradients are unscaled in the kernel; on found_inf nothing is written and only
-        the schedule position advances)."""
+        the schedule position advances). With ``max_grad_norm`` the gradients are first
+        clipped by their global norm, in the kernels (``_aids.py``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -123,12 +132,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans = [self._plan(group) for group in self.param_groups]
+        _aids.check_params(self, plans)
+        if self.max_grad_norm is not None:
+            grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
         fresh = []
         for group, device, params, backend in plans:
             if found_inf is not None and self.algorithm == "sgd":
                 fresh += [p for p in params if "momentum_buffer" not in self.state[p]]
-            with _local_shards(self, params) as local:
-                self._launch(group, device, local, backend, grad_scale, found_inf)
+            with _local_shards(self, params) as local, _aids.lifted(self, local) as lifted:
+                self._launch(group, device, lifted, backend, grad_scale, found_inf)
         if fresh and bool(found_inf.reshape(())):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
             # leaves an uninitialised one: case C13). One host read of found_inf, only on a
@@ -248,6 +260,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             schedule = group["schedule"]
             group["schedule"] = (schedule.to_spec() if isinstance(schedule, S.Schedule)
                                  else {"kind": "callable"})
+        if self.stochastic_rounding:    # resumes draw the same random bits
+            state_dict["stochastic_rounding"] = {
+                "seed": self.rounding_seed,
+                "generators": {device: gen.get_state()
+                               for device, gen in self._rounding_generators.items()}}
         return state_dict
 
     def load_state_dict(self, state_dict):
@@ -282,12 +299,25 @@ class FusedOptimizer(torch.optim.Optimizer):
                                          f"{tuple(param.shape)}")
             groups.append(group)
         super().load_state_dict({**state_dict, "param_groups": groups})
-        for group in self.param_groups:
+        rounding = state_dict.get("stochastic_rounding")
+        if self.stochastic_rounding and rounding is not None:
+            self.rounding_seed = int(rounding["seed"])
+            self._rounding_generators = {}
+            for device, rng in rounding["generators"].items():
+                _aids.generator(self, device).set_state(rng)
+        for group, saved in zip(self.param_groups, saved_groups):
             device = group["params"][0].device if group["params"] else torch.device("cpu")
             group["schedule_position"] = group["schedule_position"].to(
                 device, torch.float64).clone().reshape(())
-            for p in group["params"]:
+            for index, p in zip(saved["params"], group["params"]):
                 state = self.state.get(p)
+                if state and p.dtype in _aids.lifted_dtypes(self):
+                    # torch casts state to the parameter's dtype: keep float32 state and
+                    # master copies of fp16/bf16 parameters as saved (bit-identical resume).
+                    for key, value in state_dict["state"].get(index, {}).items():
+                        if (key != "step" and isinstance(value, torch.Tensor)
+                                and value.dtype == torch.float32):
+                            state[key] = value.to(p.device, copy=True)
                 if state:
                     # torch's SGD keeps no count: a parameter with state has had at least
                     # one update, which is all our SGD kernel asks of it (first or not).

@@ -27,6 +27,13 @@ class Adam(FusedOptimizer):
             callable ``f(t) -> float`` (evaluated on the host), or None (constant).
             ``one_cycle`` / ``cyclic`` with ``cycle_momentum`` also drive beta1.
         backend (str): "auto", "triton", "numba" or "reference".
+        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
+            ``master_param``) and float32 state; the parameter gets the rounded copy.
+        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
+            state); float32/float64 parameters unchanged, float16 raises ValueError.
+        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
+            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
+            ``opt.last_grad_norm`` is that norm, a device tensor.
 
     State per parameter: ``step`` (0-dim float64 tensor on the parameter's device: exact
     past 2**24, unlike torch's float32 counter), ``exp_avg``, ``exp_avg_sq`` and, with
@@ -41,11 +48,13 @@ class Adam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 schedule=None, backend="auto"):
+                 schedule=None, backend="auto", master_weights=False,
+                 stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, schedule=schedule)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         common(group)
@@ -80,6 +89,9 @@ class AdamW(Adam):
     ``weight_decay=1e-2``. Arguments, state and errors as ``Adam``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, schedule=None, backend="auto"):
+                 amsgrad=False, *, maximize=False, schedule=None, backend="auto",
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, schedule=schedule, backend=backend)
+                         decoupled_weight_decay=True, schedule=schedule, backend=backend,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)

@@ -28,6 +28,13 @@ class RMSprop(FusedOptimizer):
             (host-evaluated) or None. ``one_cycle`` / ``cyclic`` with ``cycle_momentum``
             drive the momentum.
         backend (str): "auto", "triton", "numba" or "reference".
+        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
+            ``master_param``) and float32 state; the parameter gets the rounded copy.
+        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
+            state); float32/float64 parameters unchanged, float16 raises ValueError.
+        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
+            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
+            ``opt.last_grad_norm`` is that norm, a device tensor.
 
     State per parameter: ``step`` (0-dim float64 tensor), ``square_avg``, ``grad_avg``
     (centered) and ``momentum_buffer`` (momentum on).
@@ -39,11 +46,13 @@ class RMSprop(FusedOptimizer):
     algorithm = "rmsprop"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, schedule=None, backend="auto"):
+                 centered=False, *, maximize=False, schedule=None, backend="auto",
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize,
                         schedule=schedule)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         common(group)

@@ -25,6 +25,13 @@ class SGD(FusedOptimizer):
             (host-evaluated) or None. ``one_cycle`` / ``cyclic`` with ``cycle_momentum``
             drive the momentum, as torch's OneCycleLR / CyclicLR do.
         backend (str): "auto", "triton", "numba" or "reference".
+        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
+            ``master_param``) and float32 state; the parameter gets the rounded copy.
+        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
+            state); float32/float64 parameters unchanged, float16 raises ValueError.
+        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
+            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
+            ``opt.last_grad_norm`` is that norm, a device tensor.
 
     State per parameter: ``step`` (0-dim float64 tensor, applied updates; torch's SGD
     ignores this key) and ``momentum_buffer`` when momentum is on.
@@ -36,11 +43,13 @@ class SGD(FusedOptimizer):
     algorithm = "sgd"
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, schedule=None, backend="auto"):
+                 nesterov=False, *, maximize=False, schedule=None, backend="auto",
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         schedule=schedule)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         common(group)
@@ -76,9 +85,12 @@ class Momentum(SGD):
     Arguments, state and errors as ``SGD``; ``momentum <= 0`` raises ValueError."""
 
     def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, schedule=None, backend="auto"):
+                 nesterov=False, *, maximize=False, schedule=None, backend="auto",
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, schedule=schedule, backend=backend)
+                         maximize=maximize, schedule=schedule, backend=backend,
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         super()._check_group(group)
