@@ -55,6 +55,22 @@ class FusedOptimizer(torch.optim.Optimizer):
     """
 
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
+
+    # The arguments every optimizer shares, documented once; each class docstring holds
+    # the marker "{shared_args}" where they go.
+    _SHARED_ARGS_DOC = """backend (str): "auto", "triton", "numba" or "reference".
+        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
+            ``master_param``) and float32 state; the parameter gets the rounded copy.
+        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
+            state); float32/float64 parameters unchanged, float16 raises ValueError.
+        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
+            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
+            ``opt.last_grad_norm`` is that norm, a device tensor."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "{shared_args}" in cls.__doc__:
+            cls.__doc__ = cls.__doc__.replace("{shared_args}", cls._SHARED_ARGS_DOC)
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, backend, *, master_weights, stochastic_rounding,

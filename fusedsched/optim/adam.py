@@ -26,14 +26,7 @@ class Adam(FusedOptimizer):
         schedule: a ``fusedsched.schedules`` schedule (evaluated in the kernel), a Python
             callable ``f(t) -> float`` (evaluated on the host), or None (constant).
             ``one_cycle`` / ``cyclic`` with ``cycle_momentum`` also drive beta1.
-        backend (str): "auto", "triton", "numba" or "reference".
-        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
-            ``master_param``) and float32 state; the parameter gets the rounded copy.
-        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
-            state); float32/float64 parameters unchanged, float16 raises ValueError.
-        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
-            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
-            ``opt.last_grad_norm`` is that norm, a device tensor.
+        {shared_args}
 
     State per parameter: ``step`` (0-dim float64 tensor on the parameter's device: exact
     past 2**24, unlike torch's float32 counter), ``exp_avg``, ``exp_avg_sq`` and, with

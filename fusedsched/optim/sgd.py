@@ -24,14 +24,7 @@ class SGD(FusedOptimizer):
         schedule: a ``fusedsched.schedules`` schedule, a callable ``f(t) -> float``
             (host-evaluated) or None. ``one_cycle`` / ``cyclic`` with ``cycle_momentum``
             drive the momentum, as torch's OneCycleLR / CyclicLR do.
-        backend (str): "auto", "triton", "numba" or "reference".
-        master_weights (bool): keep a float32 copy of float16/bfloat16 parameters (state
-            ``master_param``) and float32 state; the parameter gets the rounded copy.
-        stochastic_rounding (bool): round bfloat16 parameter updates stochastically (float32
-            state); float32/float64 parameters unchanged, float16 raises ValueError.
-        max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
-            kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
-            ``opt.last_grad_norm`` is that norm, a device tensor.
+        {shared_args}
 
     State per parameter: ``step`` (0-dim float64 tensor, applied updates; torch's SGD
     ignores this key) and ``momentum_buffer`` when momentum is on.
