@@ -63,7 +63,7 @@ def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, 
     parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back (``has_gs``), the
     square roots as torch takes them (``vsqrt``), then the parameter update. The flags are
     runtime values (one specialisation per dtype keeps the compile time low); every loop
-    vectorises (checked in the assembly: ``tests/test_numba_kernels.py``)."""
+    vectorises (checked in the LLVM remarks and the assembly, fp32/fp16/bf16)."""
     ts, tm, tp = t[0], t[1], t[2]
     n = p.shape[0]
     for lo in range(0, n, BLOCK):
