@@ -1,5 +1,8 @@
-"""What the Triton kernels of all algorithms share on the host: tensor tables, the fp64
-hyperparameter buffer, the schedule program, counters, and the variant choice.
+"""What the Triton kernels of all algorithms share: on the host, tensor tables, the fp64
+hyperparameter buffer, the schedule program, counters, the variant choice and the launch
+(``launch``); on the device, the kernel prologue (``_proceed``, ``_chunk``, ``_schedule``,
+``_grad_scale``), the param/grad/state loads and stores (``_load_pg``, ``_load``, ``_store``)
+and the correctly rounded math helpers.
 
 One launch per step for the whole tensor list. The kernel reads an int64 *tensor table*
 (one row per tensor: numel, then the data pointers of param, grad, state..., and the
@@ -36,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .. import schedule_encoding as E
-from .schedule import INTERPRET
+from .schedule import INTERPRET, evaluate
 
 if INTERPRET:
     from triton.runtime.interpreter import TensorHandle
@@ -129,6 +132,103 @@ def _lerp(a, b, w):
         out = _fma(-d, 1.0 - w, b)
     return out
 
+
+# The kernel skeleton every algorithm shares. A kernel is
+#
+#     if _proceed(fi_ptr, HAS_FOUND_INF):
+#         start, n, p_ptr, g_ptr, s1, s2, s3, step = _chunk(tab_ptr, blk_ptr, DTYPE, BLOCK, ALIGNED)
+#         lr, mom = _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, <momentum slot>)
+#         ... its fp64 per-program scalars ...
+#         offs = start + tl.arange(0, BLOCK)
+#         if start + BLOCK <= n:   # full chunk: unmasked fast path
+#             _body(..., offs, None, ...)
+#         else:
+#             _body(..., offs, offs < n, ...)
+#
+# and a body is ``_load_pg`` (param, grad: unscaled, maximize applied), its own math with
+# ``_load``/``_store`` of the state streams, and ``_store`` of the param. On the host,
+# ``launch`` checks the tensors, builds the tables and makes the one launch.
+
+
+@triton.jit
+def _proceed(fi_ptr, HAS_FOUND_INF: tl.constexpr):
+    """False when the step is skipped (``found_inf != 0``)."""
+    ok = tl.full((), 1, tl.int1)
+    if HAS_FOUND_INF:
+        ok = tl.load(fi_ptr) == 0
+    return ok
+
+
+@triton.jit
+def _row_ptr(row, SLOT: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    ptr = tl.load(row + SLOT).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _chunk(tab_ptr, blk_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """This program's chunk, from the block and tensor tables: (start, numel, param, grad,
+    state 1, 2, 3 pointers (a null pointer where the tensor has none), step before this
+    update (fp64)). A pointer an algorithm does not use is loaded and dropped as dead code."""
+    pid = tl.program_id(0).to(tl.int64)
+    ti = tl.load(blk_ptr + 2 * pid)
+    start = tl.multiple_of(tl.load(blk_ptr + 2 * pid + 1), BLOCK)  # chunk starts are multiples of BLOCK
+    row = tab_ptr + ti * _ROW
+    n = tl.load(row)
+    p_ptr = _row_ptr(row, 1, DTYPE, ALIGNED)
+    g_ptr = _row_ptr(row, 2, DTYPE, ALIGNED)
+    s1_ptr = _row_ptr(row, 3, DTYPE, ALIGNED)
+    s2_ptr = _row_ptr(row, 4, DTYPE, ALIGNED)
+    s3_ptr = _row_ptr(row, 5, DTYPE, ALIGNED)
+    step = tl.load(tl.load(row + 6).to(tl.pointer_type(tl.float64)))
+    return start, n, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, step
+
+
+@triton.jit
+def _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, MOM: tl.constexpr):
+    """(lr, momentum), fp64: ``hp[0]`` times the schedule's factor, and the schedule's
+    momentum where it cycles one, else ``hp[MOM]`` (momentum, or Adam's beta1)."""
+    factor, s_mom, has_m = evaluate(prog_ptr, n_nodes, tl.load(pos_ptr))
+    lr = tl.load(hp_ptr) * factor
+    mom = tl.where(has_m != 0, s_mom, tl.load(hp_ptr + MOM))
+    return lr, mom
+
+
+@triton.jit
+def _grad_scale(gs_ptr, CT: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr):
+    gs = tl.full((), 1.0, CT)
+    if HAS_GRAD_SCALE:
+        gs = tl.load(gs_ptr).to(CT)
+    return gs
+
+
+@triton.jit
+def _load(ptr, offs, mask, CT: tl.constexpr):
+    return tl.load(ptr + offs, mask=mask).to(CT)
+
+
+@triton.jit
+def _store(ptr, offs, x, mask):
+    tl.store(ptr + offs, _to(x, ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_pg(p_ptr, g_ptr, offs, mask, gs, CT: tl.constexpr, FP64: tl.constexpr,
+             MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr):
+    """(param, grad) in the math type; the grad unscaled by ``gs`` (and the unscaled grad
+    stored back, as GradScaler's unscale_ does), then negated under maximize."""
+    p = _load(p_ptr, offs, mask, CT)
+    g = _load(g_ptr, offs, mask, CT)
+    if HAS_GRAD_SCALE:
+        g = _div(g, gs, FP64)
+        _store(g_ptr, offs, g, mask)
+    if MAXIMIZE:
+        g = -g
+    return p, g
+
+
 # Per dtype: (Triton element type name, block size, math dtype is fp64).
 # Block sizes give every thread (num_warps=4, 128 threads) 128 bits per tensor per access:
 # fp32 512 -> 4 elements (ld.global.v4.b32), fp16/bf16 1024 -> 8, fp64 256 -> 2.
@@ -145,6 +245,7 @@ LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "maxnreg": MAXNREG}  # also what `aot`
 TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
             torch.float64: "fp64"}
 ROW = 8  # int64 slots per tensor-table row: numel, p, g, s1, s2, s3, step, pad
+_ROW: tl.constexpr = tl.constexpr(ROW)  # the same, for the kernels
 
 _CACHE_MAX = 256
 _tables = {}
@@ -255,3 +356,28 @@ def advance(steps, position, found_inf, advance_position):
 def tl_dtype(dtype):
     return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
             torch.float64: tl.float64}[dtype]
+
+
+def launch(kernel, params, grads, states, steps, hps, *, schedule, position, grad_scale,
+           found_inf, advance_position, checked=None, **flags):
+    """One update of every tensor in ``params`` by ``kernel``: a single launch over the
+    tensor list, then the counters advance with device ops (``advance``).
+
+    ``states``: the kernel's state lists (up to 3, None where a variant has none); ``hps``:
+    the values of its hyperparameter buffer; ``checked``: the lists whose dtype/device/layout
+    are checked (default: ``states``); ``flags``: the kernel's own compile-time flags.
+    """
+    if params:
+        dtype, device = check_tensors(params, grads, *(states if checked is None else checked))
+        tab, blk, n_blocks, aligned = tables(params, grads, states, steps)
+        if n_blocks:
+            hp = hyperparameters(device, hps)
+            prog, n_nodes, pos = schedule_args(schedule, position, device)
+            kernel[(n_blocks,)](
+                tab, blk, hp, prog, n_nodes, pos,
+                grad_scale if grad_scale is not None else hp,
+                found_inf if found_inf is not None else hp,
+                DTYPE=tl_dtype(dtype), BLOCK=BLOCK[dtype], ALIGNED=aligned,
+                HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+                **flags, **LAUNCH_OPTIONS)
+    advance(steps, position, found_inf, advance_position)
