@@ -1,6 +1,7 @@
 """The torch-facing contract: bad input raises before anything changes, state_dicts move
 between torch.optim and fusedsched and resume mid-schedule, backend selection."""
 
+import copy
 import io
 import math
 
@@ -235,3 +236,37 @@ def test_huge_step_count_loads_and_continues():
     _train(opt, [p], 3)
     assert opt.state[p]["step"].item() == 2.0 ** 24 + 4
     assert math.isfinite(p.item())
+
+
+@pytest.mark.parametrize("bad", [-1.0, 1.5, float("nan"), 2.0 ** 60, "three"])
+def test_load_state_dict_rejects_bad_step_and_changes_nothing(bad):
+    p = [torch.ones(3, requires_grad=True)]
+    opt = fs.Adam(p, lr=0.1)
+    _train(opt, p, 2)
+    snap = _snapshot(opt, p)
+    sd = copy.deepcopy(opt.state_dict())    # torch's state_dict shares the live state dicts
+    sd["state"][0]["step"] = bad if isinstance(bad, str) else torch.tensor(bad, dtype=torch.float64)
+    with pytest.raises((ValueError, TypeError), match="step"):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, p, snap)
+
+
+@pytest.mark.parametrize("bad", [None, [], {"state": {}}, {"param_groups": []}])
+def test_load_state_dict_rejects_malformed(bad):
+    opt = fs.SGD([torch.ones(3, requires_grad=True)], lr=0.1)
+    with pytest.raises(TypeError, match="state_dict"):
+        opt.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, "x", float("inf")])
+def test_host_callable_bad_factor_changes_nothing(bad):
+    """A host callable is evaluated while checking, before any group is written."""
+    a = [torch.ones(2, requires_grad=True)]
+    b = [torch.ones(2, requires_grad=True)]
+    opt = fs.SGD([{"params": a}, {"params": b, "schedule": lambda t: bad}], lr=0.1)
+    for p in a + b:
+        p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="schedule"):
+        opt.step()
+    assert a[0].tolist() == [1.0, 1.0]
+    assert all(g["schedule_position"].item() == 0 for g in opt.param_groups)

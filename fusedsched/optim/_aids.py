@@ -77,7 +77,8 @@ def check(master_weights, stochastic_rounding, max_grad_norm):
 def check_params(opt, plans):
     """Checks of the parameters that reach an update (no writes)."""
     if opt.stochastic_rounding:
-        for _, _, params, _ in plans:
+        for plan in plans:
+            params = plan.params
             for p in params:
                 if p.dtype == torch.float16:
                     raise ValueError(
@@ -87,7 +88,7 @@ def check_params(opt, plans):
 
 def clipped_grad_scale(opt, plans, grad_scale):
     """Set ``opt.last_grad_norm`` and return the grad_scale that also clips (float64)."""
-    grads = [p.grad for _, _, params, _ in plans for p in params]
+    grads = [p.grad for plan in plans for p in plan.params]
     if not grads:
         opt.last_grad_norm = torch.zeros(())
         return grad_scale

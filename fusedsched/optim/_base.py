@@ -6,10 +6,24 @@ kernel arguments a parameter group gives; everything else is here, once.
 
 import contextlib
 
+import math
+import numbers
+from typing import NamedTuple
+
 import torch
 
 from .. import schedules as S
 from . import _aids, _backend
+
+
+class _Plan(NamedTuple):
+    """What one group's launch needs, worked out (and checked) before anything is written."""
+    group: dict
+    device: torch.device
+    params: list            # the parameters with a gradient
+    backend: str
+    lr: object              # group["lr"], times f(t) when the schedule is a host callable
+    schedule: object        # the schedule the kernel evaluates (unit for a host callable)
 
 
 class SparseGradientError(RuntimeError, TypeError):
@@ -152,11 +166,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
         fresh = []
-        for group, device, params, backend in plans:
+        for plan in plans:
             if found_inf is not None and self.algorithm == "sgd":
-                fresh += [p for p in params if "momentum_buffer" not in self.state[p]]
-            with _local_shards(self, params) as local, _aids.lifted(self, local) as lifted:
-                self._launch(group, device, lifted, backend, grad_scale, found_inf)
+                fresh += [p for p in plan.params if "momentum_buffer" not in self.state[p]]
+            with _local_shards(self, plan.params) as local, _aids.lifted(self, local) as lifted:
+                self._launch(plan._replace(params=lifted), grad_scale, found_inf)
         if fresh and bool(found_inf.reshape(())):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
             # leaves an uninitialised one: case C13). One host read of found_inf, only on a
@@ -179,7 +193,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                     or p.dtype not in _DTYPES or g.shape != p.shape
                     or g.device != device or p.device != device):
                 self._check_param(p, g, device)
-        return group, device, params, _backend.resolve(self.backend, device)
+        lr, schedule = group["lr"], group["schedule"]
+        if not isinstance(schedule, S.Schedule):      # host callable: evaluated here
+            t = int(group["schedule_position"].item())
+            factor = schedule(t)
+            if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)
+                    or not math.isfinite(factor) or factor < 0):
+                raise ValueError(f"schedule callable returned {factor!r} at t={t}; expected "
+                                 f"a finite float >= 0")
+            lr, schedule = float(lr) * float(factor), _UNIT
+        return _Plan(group, device, params, _backend.resolve(self.backend, device), lr, schedule)
 
     def _check_param(self, p, g, device):
         """Raise the error that fits a parameter and grad that failed the quick test."""
@@ -207,15 +230,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameters of one group must be on one device, got "
                              f"{device} and {p.device if p.device != device else g.device}")
 
-    def _launch(self, group, device, params, backend, grad_scale, found_inf):
+    def _launch(self, plan, grad_scale, found_inf):
+        group, device, params, backend, lr, schedule = plan
         position = group["schedule_position"]
         if position.device != device or position.dtype != torch.float64:
             position = group["schedule_position"] = position.to(device, torch.float64)
-        schedule = group["schedule"]
-        lr = group["lr"]
-        if not isinstance(schedule, S.Schedule):      # host callable: evaluated here
-            lr = float(lr) * float(schedule(int(position.item())))
-            schedule = _UNIT
         program = S.program(schedule, device)
         grad_scale = _device_scalar(grad_scale, device)
         found_inf = _device_scalar(found_inf, device)
@@ -288,6 +307,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         Groups missing our keys keep this optimizer's schedule and start at position 0.
         Checked before anything changes: a wrong number of groups or parameters, or a
         state tensor of the wrong shape, raises ValueError."""
+        if (not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict)
+                or not isinstance(state_dict.get("param_groups"), list)):
+            raise TypeError("state_dict must be a dict with a 'state' dict and a "
+                            f"'param_groups' list, got {type(state_dict).__name__} with keys "
+                            f"{sorted(state_dict) if isinstance(state_dict, dict) else None}")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
@@ -308,7 +332,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_group(group)
             for index, param in zip(saved["params"], current["params"]):
                 for key, value in state_dict["state"].get(index, {}).items():
-                    if (key != "step" and isinstance(value, torch.Tensor)
+                    if key == "step":
+                        _check_step(value, i)
+                    elif (isinstance(value, torch.Tensor)
                             and value.shape != param.shape):
                         raise ValueError(f"loaded state {key!r} of group {i} has shape "
                                          f"{tuple(value.shape)}, its parameter "
@@ -343,6 +369,18 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_momentum(self, group):
         return group.get("momentum", 0.0)
+
+
+def _check_step(value, group_index):
+    """A loaded per-parameter count: an integer in [0, 2**53] (exact in float64)."""
+    try:
+        step = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"loaded state 'step' of group {group_index} must be a number or a "
+                        f"1-element tensor, got {value!r}") from None
+    if not (math.isfinite(step) and step == int(step) and 0 <= step <= 2.0 ** 53):
+        raise ValueError(f"loaded state 'step' of group {group_index} must be an integer in "
+                         f"[0, 2**53], got {value!r}")
 
 
 def _is_dtensor(tensor):
