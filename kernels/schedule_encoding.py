@@ -27,7 +27,7 @@ CONSTANT (1)       1 factor
 LINEAR (2)         1 start, 2 end, 3 T: start + (end-start)*min(t,T)/T; T == 0 -> end
 STEP (3)           1 step_size, 2 gamma: gamma ** floor(t / step_size)
 EXPONENTIAL (4)    1 gamma: gamma ** t
-POLYNOMIAL (5)     1 T, 2 power, 3 end: (1 - min(t,T)/T) ** power * (1 - end) + end; T == 0 -> end
+POLYNOMIAL (5)     1 T, 2 power, 3 end: (1 - min(t,T)/T) ** power * (1 - end) + end; T == 0 -> 0 ** power * (1 - end) + end
 COSINE (6)         1 T, 2 end: end + (1-end)*(1+cos(pi*min(t,T)/T))/2; T == 0 -> end
 COSINE_RESTARTS(7) 1 T0, 2 mult, 3 end: cosine of the position inside cycle i of length T0*mult**i
 ONE_CYCLE (8)      1 e1, 2 e2, 3 e3 (phase end steps, torch's ``end_step``; e2 unused when

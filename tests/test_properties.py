@@ -40,10 +40,9 @@ length = st.integers(0, 12)
 # schedules
 
 def _cyclic(draw, cycle_momentum):
-    # step_size_up=0 is valid; the numba and triton evaluators give NaN there (found by
-    # this file, pinned as an xfail in test_reliability.py::test_cyclic_with_zero_step_
-    # size_up). Drawn from 1 until the kernels are fixed.
-    up = draw(st.integers(1, 6))
+    # step_size_up=0 is valid (hypothesis found the kernels' 0/0 there once; fixed, and
+    # held by test_reliability.py::test_cyclic_with_zero_step_size_up)
+    up = draw(st.integers(0, 6))
     down = draw(st.none() | st.integers(0, 6))
     return S.cyclic(draw(unit), step_size_up=up, step_size_down=down,
                     mode=draw(st.sampled_from(["triangular", "triangular2", "exp_range"])),
@@ -84,9 +83,6 @@ def leaves(draw, cycle_momentum=None):
         return S.exponential(draw(st.floats(0.5, 1.0)))
     if kind == "polynomial":
         total, power = draw(length), draw(st.floats(0.0, 3.0))
-        # total 0 with power 0: numba returns end, Python and reference 0 ** 0 = 1 (found
-        # by this file; pinned in test_polynomial_zero_length_zero_power below).
-        assume(not (total == 0 and power == 0))
         return S.polynomial(total, power=power, end_factor=draw(unit))
     if kind == "cosine":
         return S.cosine(draw(length), end_factor=draw(unit))
@@ -166,15 +162,11 @@ def test_kernel_schedules_equal_python(backend, scheds, ts):
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
-def test_polynomial_zero_length_zero_power(backend, request):
+def test_polynomial_zero_length_zero_power(backend):
     """Shrunk by hypothesis: polynomial(total_steps=0, power=0.0) at t=0. A phase of length
     0 is finished, so the value is the one at t >= T of a longer phase: 0 ** 0 = 1 (torch's
-    PolynomialLR closed form gives 1 for power 0). The numba evaluator's T == 0 shortcut
-    returns end_factor instead."""
-    if backend in ("numba", "triton"):
-        request.applymarker(pytest.mark.xfail(
-            reason=f"kernels/{backend}/schedule.py POLYNOMIAL: T == 0 returns end, not "
-                   "0 ** power (= 1 for power 0); reported", strict=False))
+    PolynomialLR closed form gives 1 for power 0). The kernels' T == 0 shortcut once
+    returned end_factor instead."""
     _kernel_values_equal_python(backend, [S.polynomial(0, power=0.0, end_factor=0.0),
                                           S.polynomial(0, power=0.0, end_factor=0.3)], [0, 7])
 

@@ -516,15 +516,10 @@ def test_kernel_schedules_exact_up_to_2_31(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_cyclic_with_zero_step_size_up(backend, request):
+def test_cyclic_with_zero_step_size_up(backend):
     """step_size_up=0 is valid (all descent): at the start of each cycle x == step_ratio
     == 0 and the factor is 1 (the Python reference and torch's ``x / step_ratio`` branch
     guarded), never 0/0."""
-    if backend in ("numba", "triton"):
-        request.applymarker(pytest.mark.xfail(
-            reason=f"kernels/{backend}/schedule.py: the cyclic evaluator divides "
-                   "x / step_ratio when step_ratio == 0 (NaN at t = 0, 5, 10, ...); "
-                   "reported to the kernels' owners", strict=False))
     s = S.cyclic(0.5, step_size_up=0, step_size_down=5, cycle_momentum=False)
     p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = fs.SGD([p], lr=1.0, schedule=s, backend=backend)

@@ -60,7 +60,8 @@ def _cyclic(r, t):
     cycle = math.floor(1.0 + t / total_size)
     x = 1.0 + t / total_size - cycle
     if x <= step_ratio:
-        scale_factor = x / step_ratio
+        # a rising phase of length 0 (step_ratio 0) is finished: scale 1, never 0 / 0
+        scale_factor = 1.0 if step_ratio == 0.0 else x / step_ratio
     else:
         scale_factor = (x - 1.0) / (step_ratio - 1.0)
     if mode == CYCLIC_TRIANGULAR2:
@@ -136,9 +137,9 @@ def _leaf(r, t):
         return math.pow(r[1], t), 0.0, 0.0
     if kind == POLYNOMIAL:
         total, power, end = r[1], r[2], r[3]
-        if total == 0.0:
-            return end, 0.0, 0.0
-        return math.pow(1.0 - min(t, total) / total, power) * (1.0 - end) + end, 0.0, 0.0
+        # a phase of length 0 is finished (progress 1): 0 ** power, which is 1 for power 0
+        base = 0.0 if total == 0.0 else 1.0 - min(t, total) / total
+        return math.pow(base, power) * (1.0 - end) + end, 0.0, 0.0
     if kind == COSINE:
         total, end = r[1], r[2]
         if total == 0.0:

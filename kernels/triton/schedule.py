@@ -120,8 +120,9 @@ def evaluate(program_ptr, n_nodes, t):
     elif kind == _POLYNOMIAL:
         # T a1, power a2, end a3
         tt = tl.minimum(t, a1)
-        base = 1.0 - tt / tl.where(a1 > 0, a1, 1.0)
-        factor = tl.where(a1 > 0, _pow(base, a2) * (1.0 - a3) + a3, a3)
+        # a phase of length 0 is finished (progress 1): 0 ** power, which is 1 for power 0
+        base = tl.where(a1 > 0, 1.0 - tt / tl.where(a1 > 0, a1, 1.0), 0.0)
+        factor = _pow(base, a2) * (1.0 - a3) + a3
     elif kind == _COSINE:
         # T a1, end a2
         tt = tl.minimum(t, a1)
@@ -166,7 +167,9 @@ def evaluate(program_ptr, n_nodes, t):
         # base_momentum a7, max_momentum a8 (torch CyclicLR, in factors of max_lr)
         cycle = tl.floor(1.0 + t / a1)
         x = 1.0 + t / a1 - cycle
-        scale = tl.where(x <= a2, x / a2, (x - 1.0) / (a2 - 1.0))
+        # a rising phase of length 0 (step_ratio 0) is finished: scale 1, never 0 / 0
+        rise = tl.where(a2 > 0, x / tl.where(a2 > 0, a2, 1.0), one)
+        scale = tl.where(x <= a2, rise, (x - 1.0) / tl.where(a2 < 1.0, a2 - 1.0, -1.0))
         # triangular2: 0.5**(cycle-1) underflows to 0 where torch's 1/2.0**(cycle-1)
         # overflows (pytorch#52989, case C4).
         sf = tl.where(a4 == 0, one, tl.where(a4 == 1, _pow(one * 0.5, cycle - 1.0), _pow(a5, t)))
