@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import carray, njit, prange, types
 from numba.extending import intrinsic, overload
 
 # Elements per parallel work item. Chunks run over the concatenation of all tensors of the
@@ -353,6 +353,30 @@ def _ol_ct(x, marker):
     return lambda x, marker: np.float32(x)
 
 
+def grad_at(g, p, j, gs, has_gs, sign, wd, coupled):
+    """(gradient as the update uses it, parameter) at element ``j``: unscaled (``has_gs``),
+    negated (``sign``), plus the coupled weight decay ``p * wd`` (``coupled``), as the
+    reference orders them. The flags only select values, so that the loops using it
+    vectorise. An ``@overload`` (LLVM inlines it): as ``njit(inline="always")`` the call
+    stayed a call in SGD's loops ('call instruction cannot be vectorized', checked)."""
+
+
+@overload(grad_at)
+def _ol_grad_at(g, p, j, gs, has_gs, sign, wd, coupled):
+    def impl(g, p, j, gs, has_gs, sign, wd, coupled):
+        gj = load(g, j)
+        gq = gj / gs
+        if has_gs:
+            gj = gq
+        gj = gj * sign
+        pj = load(p, j)
+        gc = fma(pj, wd, gj)
+        if coupled:
+            gj = gc
+        return gj, pj
+    return impl
+
+
 @njit(**JIT)
 def view(address, n, marker):
     """The storage array of ``n`` elements at ``address``."""
@@ -368,6 +392,91 @@ def n_chunks(offsets):
 def first_tensor(offsets, lo):
     """Index of the tensor holding global element ``lo`` (empty tensors are skipped)."""
     return np.searchsorted(offsets, lo, side="right") - 1
+
+
+# ------------------------------------------------------------------- the shared walk
+#
+# Each algorithm module supplies only its math: ``_scalars`` (the step's scalars, ``sc``)
+# and ``_tensor(ptrs, i, size, a, b, sc, flags, scratch, marker)``, which updates elements
+# [a, b) of tensor ``i`` (``size`` elements; ``flags``: the algorithm's runtime flags,
+# ``scratch``: a ``tmp`` array private to the calling thread), and makes its walk at import
+# with ``make_walk(_tensor)``. Its one entry point reads the position, computes ``sc`` and
+# calls the walk.
+#
+# Why a factory: ``_tensor`` is a closure constant there, so the call to it is a direct call
+# (compiled once per algorithm x dtype, as before; the vectorised loops are all inside the
+# algorithm's own ``_segment``). Passing ``_tensor`` as an argument instead works for the
+# serial walk, but inside a ``prange`` it makes the caller use dynamic globals, and Numba
+# then refuses to cache it. The walks are not cached themselves: they are compiled into,
+# and cached with, each algorithm's entry point (``cache=True``; checked: a second process
+# loads it from the cache).
+
+WALK = dict(error_model="numpy")
+
+
+def make_walk(tensor):
+    """``walk(parallel, ptrs, offsets, sc, flags, marker)`` over every tensor of the table
+    with the algorithm's ``tensor`` function (no compilation here: lazy dispatchers)."""
+
+    @njit(parallel=True, **WALK)
+    def walk_parallel(ptrs, offsets, sc, flags, marker):
+        """Parallel over CHUNK-element chunks of the concatenated tensors; a chunk updates
+        the pieces of the tensors it overlaps."""
+        n = ptrs.shape[0]
+        total = offsets[n]
+        for c in prange(n_chunks(offsets)):
+            scratch = tmp(marker)
+            lo = c * CHUNK
+            hi = min(lo + CHUNK, total)
+            i = first_tensor(offsets, lo)
+            while i < n and offsets[i] < hi:
+                start = offsets[i]
+                a = max(lo, start) - start
+                b = min(hi, offsets[i + 1]) - start
+                if b > a:
+                    tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, flags, scratch, marker)
+                i += 1
+
+    @njit(**WALK)
+    def walk(parallel, ptrs, offsets, sc, flags, marker):
+        """``walk_parallel`` if ``parallel`` (see ``use_pool``), else the same in the
+        calling thread, tensor by tensor."""
+        if parallel:
+            walk_parallel(ptrs, offsets, sc, flags, marker)
+        else:
+            scratch = tmp(marker)
+            for i in range(ptrs.shape[0]):
+                start = offsets[i]
+                size = offsets[i + 1] - start
+                if size > 0:
+                    # start - start: int64 like walk_parallel's a (a literal 0 would give
+                    # ``tensor`` a second specialisation)
+                    tensor(ptrs, i, size, start - start, size, sc, flags, scratch, marker)
+
+    return walk
+
+
+@njit(**JIT)
+def position_at(pos_addr):
+    """(the ``position`` array, its value t)."""
+    pos = f64_at(pos_addr)
+    return pos, pos[0]
+
+
+def use_pool(offsets, serial_max):
+    """Whether a step of this table runs on the thread pool (then set up here): steps of
+    at most ``serial_max`` elements (the algorithm module's SERIAL_MAX) run serially."""
+    if offsets[-1] <= serial_max:
+        return False
+    setup_threads()
+    return True
+
+
+def empty_step(schedule, position, advance_position):
+    """A step without tensors: only the position moves."""
+    program_args(schedule, position)
+    if advance_position:
+        position.add_(1.0)
 
 
 @njit(**JIT)
@@ -513,6 +622,6 @@ def amp_args(grad_scale, found_inf):
 
 
 __all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "tmp", "half_to_float",
-           "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "view",
-           "n_chunks", "first_tensor", "read_steps", "finish", "setup_threads", "scalar",
+           "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
+           "n_chunks", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads", "scalar",
            "marker_of", "pack", "program_args", "amp_args", "math"]

@@ -9,11 +9,11 @@ counters are advanced in the same call after the parallel loop.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
-                      lerp, load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
-                      setup_threads, sqrt_fn, store, tmp, view, vsqrt, SERIAL_MAX)
+from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
+                      lerp, load, make_walk, marker_of, pack, position_at, program_args,
+                      read_steps, scalar, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -28,18 +28,12 @@ def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd
     ``amsgrad`` (inlined: two loops); no conditional store, the flags only select
     values, so that the loop vectorises."""
     for j in range(lo, hi):
-        gj = load(g, j)
-        gq = gj / gs
-        if has_gs:
-            gj = gq
-        gj = gj * sign
-        pj = load(p, j)
+        # coupled and decoupled exclude each other: the coupled decay reads p before the
+        # decoupled one would change it
+        gj, pj = grad_at(g, p, j, gs, has_gs, sign, wd, coupled)
         pd = pj * decay
         if decoupled:
             pj = pd
-        gc = fma(pj, wd, gj)
-        if coupled:
-            gj = gc
         mj = lerp(load(m, j), gj, w, one_m_w, small_w)
         vj = fma(one_m_beta2 * gj, gj, load(v, j) * beta2)
         store(m, j, mj)
@@ -109,10 +103,11 @@ def _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
 
 
 @njit(**JIT)
-def _tensor(ptrs, i, size, a, b, sc, amsgrad, has_gs, sqrt_f, scratch, marker):
-    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements; ``walk``'s callback)."""
     (step_size, bc2_sqrt, w, one_m_w, small_w, beta2_c, one_m_beta2, eps_c, wd, decay, sign,
      gs_c, coupled, decoupled) = sc
+    amsgrad, has_gs, sqrt_f = flags
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
     m = view(ptrs[i, _M], size, marker)[a:b]
@@ -125,49 +120,20 @@ def _tensor(ptrs, i, size, a, b, sc, amsgrad, has_gs, sqrt_f, scratch, marker):
              coupled, decoupled, sqrt_f, scratch)
 
 
-@njit(**PJIT)
-def _adam_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
-                 weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
-                 found_inf, advance_position, marker, sqrt_f):
-    """Parallel over CHUNK-element chunks of the concatenated tensors."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
-    if not found_inf:
-        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
-                      decoupled_weight_decay, maximize, gs, marker)
-        n = ptrs.shape[0]
-        total = offsets[n]
-        for c in prange(n_chunks(offsets)):
-            scratch = tmp(marker)
-            lo = c * CHUNK
-            hi = min(lo + CHUNK, total)
-            i = first_tensor(offsets, lo)
-            while i < n and offsets[i] < hi:
-                start = offsets[i]
-                a = max(lo, start) - start
-                b = min(hi, offsets[i + 1]) - start
-                if b > a:
-                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, amsgrad, has_gs, sqrt_f,
-                            scratch, marker)
-                i += 1
-    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+_walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _adam_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps,
-                 weight_decay, decoupled_weight_decay, amsgrad, maximize, has_gs, gs,
-                 found_inf, advance_position, marker, sqrt_f):
-    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
+def _adam(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps, weight_decay,
+          decoupled_weight_decay, amsgrad, maximize, has_gs, gs, found_inf, advance_position,
+          marker, sqrt_f, parallel):
+    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
+    the counters."""
+    pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
                       decoupled_weight_decay, maximize, gs, marker)
-        scratch = tmp(marker)
-        for i in range(ptrs.shape[0]):
-            size = offsets[i + 1] - offsets[i]
-            if size > 0:
-                _tensor(ptrs, i, size, 0, size, sc, amsgrad, has_gs, sqrt_f, scratch, marker)
+        _walk(parallel, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
@@ -177,12 +143,10 @@ def launch(table, offsets, marker, *, lr, beta1, beta2, eps, weight_decay,
     """``adam_step`` on an address table already packed (``pack``; the caller keeps it)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    kernel = _adam_serial if offsets[-1] <= SERIAL_MAX else _adam_kernel
-    if kernel is _adam_kernel:
-        setup_threads()
-    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1), scalar(beta2),
-           float(eps), float(weight_decay), bool(decoupled_weight_decay), bool(amsgrad),
-           bool(maximize), has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker))
+    _adam(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1), scalar(beta2),
+          float(eps), float(weight_decay), bool(decoupled_weight_decay), bool(amsgrad),
+          bool(maximize), has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker),
+          use_pool(offsets, SERIAL_MAX))
 
 
 def columns(amsgrad=False, **_):
@@ -195,10 +159,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
               position, grad_scale=None, found_inf=None, advance_position=True):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
-        program_args(schedule, position)
-        if advance_position:
-            position.add_(1.0)
-        return
+        return empty_step(schedule, position, advance_position)
     if amsgrad and max_exp_avg_sqs is None:
         raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
     table, offsets = pack(params, [grads, exp_avgs, exp_avg_sqs,

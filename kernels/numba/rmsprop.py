@@ -7,11 +7,11 @@ order). Deliberate deviation from torch, as in the reference: the centered varia
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
-                      lerp, load, marker_of, n_chunks, pack, program_args, scalar, setup_threads,
-                      sqrt_fn, store, tmp, view, vsqrt, SERIAL_MAX)
+from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
+                      lerp, load, make_walk, marker_of, pack, position_at, program_args,
+                      scalar, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -26,15 +26,7 @@ def _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sig
     ``centered`` (inlined: two loops); no conditional store, the other flags only select
     values, so that the loop vectorises."""
     for j in range(lo, hi):
-        gj = load(g, j)
-        gq = gj / gs
-        if has_gs:
-            gj = gq
-        gj = gj * sign
-        pj = load(p, j)
-        gc = fma(pj, wd, gj)
-        if coupled:
-            gj = gc
+        gj, pj = grad_at(g, p, j, gs, has_gs, sign, wd, coupled)
         sqj = fma(one_m_alpha * gj, gj, load(sq, j) * alpha)
         store(sq, j, sqj)
         if centered:
@@ -110,9 +102,10 @@ def _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maxi
 
 
 @njit(**JIT)
-def _tensor(ptrs, i, size, a, b, sc, centered, has_buf, has_gs, sqrt_f, scratch, marker):
-    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements; ``walk``'s callback)."""
     neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c, wd, sign, gs_c, coupled = sc
+    centered, has_buf, has_gs, sqrt_f = flags
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
     sq = view(ptrs[i, _SQ], size, marker)[a:b]
@@ -126,50 +119,20 @@ def _tensor(ptrs, i, size, a, b, sc, centered, has_buf, has_gs, sqrt_f, scratch,
              wd, sign, gs_c, centered, has_buf, has_gs, coupled, sqrt_f, scratch)
 
 
-@njit(**PJIT)
-def _rmsprop_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
-                    momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
-                    advance_position, marker, sqrt_f):
-    """Parallel over CHUNK-element chunks of the concatenated tensors."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
-    if not found_inf:
-        sc = _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize,
-                      gs, marker)
-        n = ptrs.shape[0]
-        total = offsets[n]
-        for c in prange(n_chunks(offsets)):
-            scratch = tmp(marker)
-            lo = c * CHUNK
-            hi = min(lo + CHUNK, total)
-            i = first_tensor(offsets, lo)
-            while i < n and offsets[i] < hi:
-                start = offsets[i]
-                a = max(lo, start) - start
-                b = min(hi, offsets[i + 1]) - start
-                if b > a:
-                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, centered, has_buf,
-                            has_gs, sqrt_f, scratch, marker)
-                i += 1
-    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+_walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _rmsprop_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
-                    momentum, centered, maximize, has_buf, has_gs, gs, found_inf,
-                    advance_position, marker, sqrt_f):
-    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
+def _rmsprop(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
+             momentum, centered, maximize, has_buf, has_gs, gs, found_inf, advance_position,
+             marker, sqrt_f, parallel):
+    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
+    the counters."""
+    pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize,
                       gs, marker)
-        scratch = tmp(marker)
-        for i in range(ptrs.shape[0]):
-            size = offsets[i + 1] - offsets[i]
-            if size > 0:
-                _tensor(ptrs, i, size, 0, size, sc, centered, has_buf, has_gs, sqrt_f, scratch,
-                        marker)
+        _walk(parallel, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
@@ -179,12 +142,10 @@ def launch(table, offsets, marker, *, lr, alpha, eps, weight_decay, momentum, ce
     """``rmsprop_step`` on an address table already packed (``pack``; the caller keeps it)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    kernel = _rmsprop_serial if offsets[-1] <= SERIAL_MAX else _rmsprop_kernel
-    if kernel is _rmsprop_kernel:
-        setup_threads()
-    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha), float(eps),
-           float(weight_decay), scalar(momentum), bool(centered), bool(maximize), has_buf,
-           has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker))
+    _rmsprop(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha), float(eps),
+             float(weight_decay), scalar(momentum), bool(centered), bool(maximize), has_buf,
+             has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker),
+             use_pool(offsets, SERIAL_MAX))
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
@@ -192,10 +153,7 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
                  grad_scale=None, found_inf=None, advance_position=True):
     """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
-        program_args(schedule, position)
-        if advance_position:
-            position.add_(1.0)
-        return
+        return empty_step(schedule, position, advance_position)
     if centered and grad_avgs is None:
         raise ValueError("numba rmsprop_step: centered needs grad_avgs")
     table, offsets = pack(params, [grads, square_avgs, grad_avgs if centered else None,

@@ -5,11 +5,11 @@ order). The momentum buffer takes the gradient itself on a tensor's first applie
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import (BLOCK, CHUNK, JIT, PJIT, amp_args, ct, f64_at, finish, first_tensor, fma,
-                      load, marker_of, n_chunks, pack, program_args, read_steps, scalar,
-                      setup_threads, store, view, SERIAL_MAX)
+from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
+                      load, make_walk, marker_of, pack, position_at, program_args, read_steps,
+                      scalar, store, use_pool, view)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -24,15 +24,7 @@ def _loop(p, g, buf, lo, hi, neg_lr, momentum, one_m_dampening, wd, sign, gs, fi
     without a buffer never touching it); no conditional store, the other flags only select
     values, so that the loop vectorises."""
     for j in range(lo, hi):
-        gj = load(g, j)
-        gq = gj / gs
-        if has_gs:
-            gj = gq
-        gj = gj * sign
-        pj = load(p, j)
-        gc = fma(pj, wd, gj)
-        if coupled:
-            gj = gc
+        gj, pj = grad_at(g, p, j, gs, has_gs, sign, wd, coupled)
         if has_buf:
             bj = fma(gj, one_m_dampening, load(buf, j) * momentum)
             if first:
@@ -81,9 +73,11 @@ def _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
 
 
 @njit(**JIT)
-def _tensor(ptrs, i, size, a, b, sc, nesterov, has_buf, has_gs, marker):
-    """Elements [a, b) of tensor ``i`` (``size`` elements)."""
+def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
+    """Elements [a, b) of tensor ``i`` (``size`` elements; ``walk``'s callback, no scratch
+    needed)."""
     steps, neg_lr, mom_c, one_m_d, wd, sign, gs_c, coupled = sc
+    nesterov, has_buf, has_gs = flags
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
     buf = g
@@ -93,47 +87,20 @@ def _tensor(ptrs, i, size, a, b, sc, nesterov, has_buf, has_gs, marker):
              has_gs, coupled, nesterov)
 
 
-@njit(**PJIT)
-def _sgd_kernel(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening,
-                weight_decay, nesterov, maximize, has_buf, has_gs, gs, found_inf,
-                advance_position, marker):
-    """Parallel over CHUNK-element chunks of the concatenated tensors."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
-    if not found_inf:
-        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
-                      maximize, gs, marker)
-        n = ptrs.shape[0]
-        total = offsets[n]
-        for c in prange(n_chunks(offsets)):
-            lo = c * CHUNK
-            hi = min(lo + CHUNK, total)
-            i = first_tensor(offsets, lo)
-            while i < n and offsets[i] < hi:
-                start = offsets[i]
-                a = max(lo, start) - start
-                b = min(hi, offsets[i + 1]) - start
-                if b > a:
-                    _tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, nesterov, has_buf,
-                            has_gs, marker)
-                i += 1
-    finish(ptrs, _STEP, found_inf, pos, t, advance_position)
+_walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _sgd_serial(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening,
-                weight_decay, nesterov, maximize, has_buf, has_gs, gs, found_inf,
-                advance_position, marker):
-    """The same update in the calling thread, tensor by tensor (small steps: SERIAL_MAX)."""
-    pos = f64_at(pos_addr)
-    t = pos[0]
+def _sgd(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening, weight_decay,
+         nesterov, maximize, has_buf, has_gs, gs, found_inf, advance_position, marker,
+         parallel):
+    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
+    the counters."""
+    pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
                       maximize, gs, marker)
-        for i in range(ptrs.shape[0]):
-            size = offsets[i + 1] - offsets[i]
-            if size > 0:
-                _tensor(ptrs, i, size, 0, size, sc, nesterov, has_buf, has_gs, marker)
+        _walk(parallel, ptrs, offsets, sc, (nesterov, has_buf, has_gs), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
@@ -143,12 +110,9 @@ def launch(table, offsets, marker, *, lr, momentum, dampening, weight_decay, nes
     """``sgd_step`` on an address table already packed (``pack``; the caller keeps it)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    kernel = _sgd_serial if offsets[-1] <= SERIAL_MAX else _sgd_kernel
-    if kernel is _sgd_kernel:
-        setup_threads()
-    kernel(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
-           float(dampening), float(weight_decay), bool(nesterov), bool(maximize), has_buf,
-           has_gs, gs, skip, bool(advance_position), marker)
+    _sgd(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
+         float(dampening), float(weight_decay), bool(nesterov), bool(maximize), has_buf,
+         has_gs, gs, skip, bool(advance_position), marker, use_pool(offsets, SERIAL_MAX))
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
@@ -156,10 +120,7 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
              found_inf=None, advance_position=True):
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
-        program_args(schedule, position)
-        if advance_position:
-            position.add_(1.0)
-        return
+        return empty_step(schedule, position, advance_position)
     table, offsets = pack(params, [grads, momentum_buffers], steps)
     launch(table, offsets, marker_of(params), lr=lr, momentum=momentum, dampening=dampening,
            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, schedule=schedule,
