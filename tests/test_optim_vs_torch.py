@@ -9,7 +9,7 @@ import torch
 
 from fusedsched import schedules as S
 
-from _torch_oracle import compare_states, run_pair
+from _torch_oracle import OURS_CLASS, TORCH_CLASS, compare_states, run_pair
 
 CONFIGS = {
     "sgd": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
@@ -147,3 +147,30 @@ def test_fp32_bit_identical_to_torch_for_loop(backend, name, config):
         for key, value in t_opt.state[p].items():
             if key != "step":
                 assert torch.equal(value, o_opt.state[q][key]), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["triton"])
+@pytest.mark.parametrize("name,config", [("sgd", {"momentum": 0.9}), ("rmsprop", {"centered": True}),
+                                         ("adam", {"amsgrad": True})])
+def test_non_contiguous_parameters_fp32_bit_identical(backend, name, config):
+    """A transposed parameter and a strided view (a parameter that is a slice of a larger
+    buffer) step exactly as torch's for-loop steps them, on every backend."""
+    def params():
+        g = torch.Generator().manual_seed(3)
+        return [torch.randn(6, 5, generator=g).t().requires_grad_(),
+                torch.randn(20, generator=g)[::3].detach().requires_grad_(),
+                torch.randn(4, generator=g).requires_grad_()]
+    theirs, ours = params(), params()
+    assert not theirs[0].is_contiguous() and not theirs[1].is_contiguous()
+    t_opt = TORCH_CLASS[name](theirs, lr=0.05, foreach=False, **config)
+    o_opt = OURS_CLASS[name](ours, lr=0.05, backend=backend, **config)
+    for k in range(4):
+        for p, q in zip(theirs, ours):
+            g = torch.Generator().manual_seed(10 + k)
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        t_opt.step()
+        o_opt.step()
+    for p, q in zip(theirs, ours):
+        assert torch.equal(p, q)
+        assert q.stride() == p.stride()
