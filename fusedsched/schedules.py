@@ -479,26 +479,29 @@ class Sequential(_Piecewise):
 def _compile(schedule, rows):
     """Append the rows of ``schedule`` to ``rows``; return the index of its root row.
 
-    Composites become SWITCH chains: children c0..cn with absolute milestones m0..m(n-1)
-    compile to ``switch(m0, c0, switch(m1 - m0, c1, ...))``, since the right child of a
-    SWITCH sees ``t - milestone``.
+    Composites become balanced SWITCH trees: children c0..cn with absolute milestones
+    m0..m(n-1) split at the middle milestone mk into ``switch(mk - offset, tree(c0..ck),
+    tree(c(k+1)..cn))``, since the right child of a SWITCH sees ``t - milestone``. The
+    descent is log2(n) deep, so a multistep with thousands of milestones neither recurses
+    deeply here nor walks a long chain in the kernels.
     """
     if not isinstance(schedule, _Piecewise):
         rows.append([float(v) for v in schedule._slots()])
         return len(rows) - 1
 
-    def chain(children, milestones, offset):
+    def tree(children, milestones, offset):
         if not milestones:
             return _compile(children[0], rows)
+        k = len(milestones) // 2
         index = len(rows)
         rows.append(None)  # filled once the children's indices are known
-        left = _compile(children[0], rows)
-        right = chain(children[1:], milestones[1:], milestones[0])
-        rows[index] = [float(E.SWITCH), float(milestones[0] - offset), float(left),
+        left = tree(children[:k + 1], milestones[:k], offset)
+        right = tree(children[k + 1:], milestones[k + 1:], milestones[k])
+        rows[index] = [float(E.SWITCH), float(milestones[k] - offset), float(left),
                        float(right)]
         return index
 
-    return chain(*schedule._pieces(), 0)
+    return tree(*schedule._pieces(), 0)
 
 
 def program(schedule, device):

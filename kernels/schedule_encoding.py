@@ -13,9 +13,10 @@ Evaluation of ``f(t)`` (``t`` = schedule position, a float64 holding an integer 
    the cycling kinds (ONE_CYCLE, CYCLIC with ``cycle_momentum``) the momentum (SGD,
    RMSprop) or beta1 (Adam) that replaces the group's value in this update.
 
-``sequential``, ``warmup`` and ``multistep`` are compiled into SWITCH chains (a warmup is
-``switch(W, linear(start, 1, W), child)``; a multistep is a chain of constants
-``gamma**k``), so the evaluators only know the leaf kinds below.
+``sequential``, ``warmup`` and ``multistep`` are compiled into balanced SWITCH trees (a
+warmup is ``switch(W, linear(start, 1, W), child)``; a multistep is a tree over the
+constants ``gamma**k``, log2(#milestones) deep), so the evaluators only know the leaf kinds
+below.
 
 Slot 0 of every row holds the kind code; the meaning of the other slots per kind:
 

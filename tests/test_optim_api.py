@@ -270,3 +270,35 @@ def test_host_callable_bad_factor_changes_nothing(bad):
         opt.step()
     assert a[0].tolist() == [1.0, 1.0]
     assert all(g["schedule_position"].item() == 0 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multistep_with_a_thousand_milestones(backend):
+    """Composites compile to balanced SWITCH trees: 1000 milestones neither overflow
+    Python's recursion (a chain did) nor change a value, in every kernel."""
+    s = S.multistep(list(range(1, 3000, 3)), gamma=0.999)
+    for t in [0, 3, 4, 1500, 2998, 2999, 5000]:
+        p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = fs.SGD([p], lr=1.0, schedule=s, backend=backend)
+        opt.param_groups[0]["schedule_position"] = torch.tensor(float(t), dtype=torch.float64)
+        p.grad = -torch.ones(1, dtype=torch.float64)
+        opt.step()
+        assert p.item() == s(t)
+
+
+@pytest.mark.parametrize("corrupt", ["missing", "not_a_tensor"])
+def test_load_state_dict_rejects_incomplete_state(corrupt):
+    """A state missing a moment (or holding a non-tensor) is refused on load: torch would
+    fail at the next step, and recreating it silently would bias the update."""
+    p = [torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)]
+    opt = fs.Adam(p, lr=0.1)
+    _train(opt, p, 2)
+    snap = _snapshot(opt, p)
+    sd = copy.deepcopy(opt.state_dict())
+    if corrupt == "missing":
+        del sd["state"][1]["exp_avg_sq"]
+    else:
+        sd["state"][1]["exp_avg_sq"] = "x"
+    with pytest.raises((ValueError, TypeError), match="exp_avg_sq"):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, p, snap)

@@ -248,8 +248,10 @@ def test_program_layout_and_cache():
     assert p.shape == (3, E.NODE_SIZE) and p.dtype == torch.float64
     assert S.program(s, "cpu") is p and S.program(s, torch.device("cpu")) is p
     m = S.multistep([2, 5], 0.5)
-    assert [r[:2] for r in m.rows()] == [[E.SWITCH, 2], [E.CONSTANT, 1.0], [E.SWITCH, 3],
-                                        [E.CONSTANT, 0.5], [E.CONSTANT, 0.25]]
+    # a balanced SWITCH tree: split at the middle milestone 5, then at 2 on the left
+    assert [r[:4] if r[0] == E.SWITCH else r[:2] for r in m.rows()] == [
+        [E.SWITCH, 5, 1, 4], [E.SWITCH, 2, 2, 3], [E.CONSTANT, 1.0], [E.CONSTANT, 0.5],
+        [E.CONSTANT, 0.25]]
 
 
 def test_momentum_and_cycles_momentum():

@@ -330,8 +330,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  S.from_spec(spec) if isinstance(spec, dict) else
                                  _check_schedule(spec))
             self._check_group(group)
+            # the state an applied update leaves (buffers that a flag turned on later adds
+            # are created then: momentum_buffer, max_exp_avg_sq)
+            required = ({k for k in self._state_keys(group) if k}
+                        - {"momentum_buffer", "max_exp_avg_sq"})
             for index, param in zip(saved["params"], current["params"]):
-                for key, value in state_dict["state"].get(index, {}).items():
+                saved_state = state_dict["state"].get(index, {})
+                missing = required - saved_state.keys() if saved_state else set()
+                if missing:
+                    raise ValueError(f"loaded state of parameter {index} (group {i}) lacks "
+                                     f"{sorted(missing)}; it has {sorted(saved_state)}")
+                for key, value in saved_state.items():
+                    if key in required and not isinstance(value, torch.Tensor):
+                        raise TypeError(f"loaded state {key!r} of parameter {index} (group "
+                                        f"{i}) must be a tensor, got {value!r}")
                     if key == "step":
                         _check_step(value, i)
                     elif (isinstance(value, torch.Tensor)
