@@ -230,7 +230,8 @@ def plot(path: Path, a: dict, b: dict, steps: int, warmup: int) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")       # "upper right" covered the lr curve's peak
+    # one legend (both panels plot the same two runs): on the lr panel it covered the curve
+    ax_loss.legend(loc="upper right")
     ax_loss.set_yscale("log")
     ax_loss.set_title("train loss")
     ax_lr.set_title(f"lr: linear warmup ({warmup} steps) then cosine")
