@@ -1,10 +1,16 @@
 """Drive torch.optim (+ LambdaLR or the matching torch scheduler) and fusedsched side by
 side on the same parameters and gradients: the oracle of DESIGN section 5, step 2."""
 
+import contextlib
+
+import numpy as np
 import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.kernels.numba import set_sqrt_mode
+from fusedsched.kernels.reference import adam as _ref_adam
+from fusedsched.kernels.reference import rmsprop as _ref_rmsprop
 
 TORCH_CLASS = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
                "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
@@ -13,6 +19,29 @@ OURS_CLASS = {"sgd": fs.SGD, "momentum": fs.Momentum, "rmsprop": fs.RMSprop,
               "adam": fs.Adam, "adamw": fs.AdamW}
 
 SHAPES = [(5, 3), (0,), (7,), (2, 1, 3)]
+
+
+def ieee_sqrt(x):
+    """Correctly rounded square root of a CPU tensor (numpy's), in its dtype."""
+    with np.errstate(invalid="ignore"):
+        return torch.from_numpy(np.asarray(np.sqrt(x.detach().numpy())))
+
+
+@contextlib.contextmanager
+def numba_sqrt(mode):
+    """The Numba kernels' square-root mode ("ieee" or "torch") for a block. In "ieee" mode
+    the reference backend's ``sqrt`` is swapped for a correctly rounded one meanwhile, so
+    that Numba and the reference still agree bit for bit (the Triton interpreter keeps
+    torch's sqrt: compare it in "torch" mode)."""
+    previous = set_sqrt_mode(mode)
+    saved = _ref_adam.sqrt, _ref_rmsprop.sqrt
+    if mode == "ieee":
+        _ref_adam.sqrt = _ref_rmsprop.sqrt = ieee_sqrt
+    try:
+        yield
+    finally:
+        set_sqrt_mode(previous)
+        _ref_adam.sqrt, _ref_rmsprop.sqrt = saved
 
 
 def make_params(dtype, shapes=SHAPES, seed=0):

@@ -4,6 +4,7 @@ present (TRITON_INTERPRET must be set before triton is first imported)."""
 import os
 import sys
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -13,3 +14,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 # Every backend that can run on this machine; the Triton kernels run interpreted on CPU.
 BACKENDS = ["reference", "numba", "triton"]
+
+
+@pytest.fixture
+def torch_sqrt():
+    """The Numba kernels take torch's own (MKL) square roots for the test: bit-identical to
+    torch's for-loop optimizers and to the reference backend (their default, IEEE sqrt, is
+    held to the fp32 yardstick instead: tests/test_optim_vs_torch.py)."""
+    from _torch_oracle import numba_sqrt
+    with numba_sqrt("torch"):
+        yield

@@ -2,8 +2,11 @@
 
 Every step of a run starts the two backends from identical tensors (the reference copies
 the Numba result after each comparison), and each step must agree bit for bit in every
-dtype: the kernels use the reference's fused multiply-adds and torch's square root, and
-16-bit storage is computed in float32 and rounded once on both sides.
+dtype: the kernels use the reference's fused multiply-adds, and 16-bit storage is computed in
+float32 and rounded once on both sides. Square roots: in the kernels' "torch" sqrt mode
+they are torch's own (MKL), as the reference's; in the default "ieee" mode the reference's
+``sqrt`` is swapped for numpy's correctly rounded one, and the two must still agree bit for
+bit (``sqrt_mode`` fixture).
 
 Compile time dominates this file: the kernels take the flags at run time, so there is one
 compilation per (algorithm, dtype), reused from Numba's on-disk cache in later runs.
@@ -19,11 +22,13 @@ from fusedsched import schedules as S
 from fusedsched.kernels.numba import adam as nadam
 from fusedsched.kernels.numba import rmsprop as nrms
 from fusedsched.kernels.numba import sgd as nsgd
-from fusedsched.kernels.numba._common import CHUNK
+from fusedsched.kernels.numba._common import CHUNK, SQRT_MODES, set_sqrt_mode
 from fusedsched.kernels.numba.schedule import evaluate
 from fusedsched.kernels.reference import adam as radam
 from fusedsched.kernels.reference import rmsprop as rrms
 from fusedsched.kernels.reference import sgd as rsgd
+
+from _torch_oracle import numba_sqrt
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
@@ -44,6 +49,13 @@ SCHEDULES = {
 
 
 # ------------------------------------------------------------------------------- helpers
+
+@pytest.fixture(params=SQRT_MODES)
+def sqrt_mode(request):
+    """Runs the test in each Numba sqrt mode, with the reference rounding alike."""
+    with numba_sqrt(request.param):
+        yield request.param
+
 
 def assert_close(actual, expected, what):
     """Bit for bit (NaN positions equal): both backends use the same fused multiply-adds,
@@ -179,7 +191,7 @@ def _configs():
 # --------------------------------------------------------------------------------- tests
 
 @pytest.mark.parametrize("algo,opts,shape,sched,dtype", _configs())
-def test_matches_reference(algo, opts, shape, sched, dtype, monkeypatch):
+def test_matches_reference(algo, opts, shape, sched, dtype, monkeypatch, sqrt_mode):
     mine = Case(algo, dtype, SHAPES[shape], opts)
     ref = mine.clone()
     schedule = S.program(SCHEDULES[sched], "cpu")
@@ -371,7 +383,7 @@ def test_evaluator_cyclic_triangular2_long_run():
 
 # ------------------------------------------------------- cached address tables (optim)
 
-def test_cached_tables_follow_new_grads_and_loaded_state():
+def test_cached_tables_follow_new_grads_and_loaded_state(torch_sqrt):
     """The optimizer keeps each group's address table between steps: reallocated
     gradients (zero_grad(set_to_none=True)), a moved parameter (p.data = ...) and state
     replaced by load_state_dict must all be picked up (same results as the reference)."""
@@ -397,3 +409,73 @@ def test_cached_tables_follow_new_grads_and_loaded_state():
 
     for a, b in zip(run("numba"), run("reference")):
         assert torch.equal(a, b)
+
+
+def test_f16c_and_integer_half_conversions_agree(monkeypatch):
+    """float16 conversions compile to F16C (vcvtph2ps / vcvtps2ph) where the CPU has it and
+    to integer code elsewhere: both give the same bits for every float16 pattern and for
+    float32 values across the range (round to nearest even, subnormals, overflow); NaNs
+    stay NaNs."""
+    import numba
+    from fusedsched.kernels.numba import _common
+
+    def build():
+        @numba.njit
+        def widen(h, out):
+            for i in range(h.shape[0]):
+                out[i] = _common.half_to_float(h[i])
+
+        @numba.njit
+        def narrow(f, out):
+            for i in range(f.shape[0]):
+                out[i] = _common.float_to_half(f[i])
+        return widen, narrow
+
+    halves = np.arange(65536, dtype=np.uint16)
+    floats = np.concatenate([np.random.default_rng(0).standard_normal(200000).astype(np.float32)
+                             * np.float32(s) for s in (1e-8, 1e-5, 1.0, 3e4, 7e4)]
+                            + [np.array([65504.0, 65519.99, 65520.0, 2.0 ** -25, 2.0 ** -24 * 1.5,
+                                         np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)])
+    results = []
+    for f16c in (True, False):
+        monkeypatch.setattr(_common, "_F16C", f16c)
+        widen, narrow = build()
+        wide, short = np.empty(65536, np.float32), np.empty(floats.shape, np.uint16)
+        widen(halves, wide)
+        narrow(floats, short)
+        results.append((wide, short))
+    (wide_a, short_a), (wide_b, short_b) = results
+    nan = np.isnan(wide_a)
+    assert np.array_equal(nan, np.isnan(wide_b))
+    assert np.array_equal(wide_a[~nan].view(np.uint32), wide_b[~nan].view(np.uint32))
+    expected = torch.from_numpy(floats).to(torch.float16).view(torch.int16).numpy().view(np.uint16)
+    short_nan = np.isnan(floats)
+    for short in (short_a, short_b):
+        assert np.array_equal(short[~short_nan], expected[~short_nan])
+        assert np.isnan(short[short_nan].view(np.float16)).all()
+
+
+def test_sqrt_mode_is_checked():
+    from fusedsched.kernels.numba import _common
+    before = _common.sqrt_mode()
+    with pytest.raises(ValueError, match="mode='exact'"):
+        set_sqrt_mode("exact")
+    assert _common.sqrt_mode() == before
+
+
+def test_sqrt_mode_from_environment():
+    """FUSEDSCHED_SQRT chooses the mode at import; a wrong value names itself."""
+    import os
+    import subprocess
+    import sys
+    code = "from fusedsched.kernels.numba import _common; print(_common.sqrt_mode())"
+    for value, expected in (("torch", "torch"), ("ieee", "ieee"), ("", None), ("fast", None)):
+        env = {**os.environ, "FUSEDSCHED_SQRT": value}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True)
+        if expected is None:
+            assert run.returncode != 0
+            assert f"FUSEDSCHED_SQRT={value!r}" in run.stderr
+        else:
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.strip() == expected

@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import fusedsched as fs
+from fusedsched.kernels.numba._common import SQRT_MODES
 from fusedsched import schedules as S
 
-from _torch_oracle import OURS_CLASS, TORCH_CLASS, torch_scheduler
+from _torch_oracle import OURS_CLASS, TORCH_CLASS, numba_sqrt, torch_scheduler
 
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
@@ -283,23 +284,27 @@ def test_float64_against_torch(config, data, spec, seed):
 
 @given(configs(), schedules(), shapes,
        st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
-       st.integers(0, 2 ** 16))
-def test_compiled_backends_equal_reference(config, schedule, spec, dtype, seed):
+       st.integers(0, 2 ** 16), st.sampled_from(SQRT_MODES))
+def test_compiled_backends_equal_reference(config, schedule, spec, dtype, seed, sqrt_mode):
     """Numba (and, in the long profile, Triton) against the reference backend, every dtype,
-    any schedule: bit for bit (the same fused multiply-adds in the same order)."""
+    any schedule: bit for bit (the same fused multiply-adds in the same order, and the same
+    square roots: ``numba_sqrt``; Triton's interpreter takes torch's, so it is compared in
+    the "torch" mode)."""
     name, config = config
     config = dict(config)
     lr = config.pop("lr")
     base = _make(spec, dtype, seed)
     runs = {}
-    for backend in KERNEL_BACKENDS:
-        params = [p.detach().clone().requires_grad_() for p in base]
-        opt = OURS_CLASS[name](params, lr=lr, schedule=schedule, backend=backend, **config)
-        for k in range(4):
-            for p, g in zip(params, _grads(params, k, seed)):
-                p.grad = g
-            opt.step()
-        runs[backend] = (params, opt)
+    backends = [b for b in KERNEL_BACKENDS if sqrt_mode == "torch" or b != "triton"]
+    with numba_sqrt(sqrt_mode):
+        for backend in backends:
+            params = [p.detach().clone().requires_grad_() for p in base]
+            opt = OURS_CLASS[name](params, lr=lr, schedule=schedule, backend=backend, **config)
+            for k in range(4):
+                for p, g in zip(params, _grads(params, k, seed)):
+                    p.grad = g
+                opt.step()
+            runs[backend] = (params, opt)
     ref_params, ref_opt = runs["reference"]
     for backend, (params, opt) in runs.items():
         for p, q in zip(ref_params, params):

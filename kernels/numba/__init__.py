@@ -41,3 +41,5 @@ try:
     from . import _common, _launch, adam, rmsprop, schedule, sgd  # noqa: F401
 finally:
     numba.config.CACHE_DIR = _saved
+
+from ._common import set_sqrt_mode, sqrt_mode  # noqa: E402  (the square-root mode, public)

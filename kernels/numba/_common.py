@@ -18,6 +18,7 @@ import os
 import numba
 import numpy as np
 import torch
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic, overload
@@ -94,6 +95,22 @@ def fma(typingctx, x, y, z):
     return x(x, y, z), codegen
 
 
+@intrinsic
+def sqrt(typingctx, x):
+    """IEEE square root (``llvm.sqrt``; ``vsqrtps`` per vector in the loops). Not
+    ``math.sqrt``: Numba lowers that to a call of libm's ``sqrtf``, which may set errno, so
+    LLVM keeps it a scalar call and the loop around it does not vectorise (measured: Adam's
+    one-pass loop ran at 4.9 ns per element from L1 with it)."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.sqrt", [args[0].type])
+        return builder.call(fn, [args[0]])
+
+    return x(x), codegen
+
+
 @njit(**JIT)
 def lerp(start, end, w, one_m_w, small_w):
     """torch's ``start.lerp_(end, w)`` as ``kernels/reference/_common.lerp``:
@@ -107,15 +124,57 @@ def lerp(start, end, w, one_m_w, small_w):
 
 # ------------------------------------------------------------------------------ sqrt
 #
-# torch's CPU ``Tensor.sqrt()`` of a contiguous float32/float64 tensor is MKL's vector
-# sqrt (ATen/cpu/vml.h: vmsSqrt / vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF |
-# VML_ERRMODE_IGNORE), which is not correctly rounded: measured on this AMD EPYC (AVX2)
-# with torch 2.14.1, 14% of float32 and 1.2% of float64 square roots differ by 1 ulp from
-# IEEE sqrt (position independent; LA/HA/EP modes identical). For results bit-identical to
-# torch's for-loop the kernels take the square roots of each block of BLOCK elements through
-# the same MKL function (exported by libtorch_cpu); without MKL in torch, torch's sqrt is
-# IEEE (``_mm256_sqrt_ps``) and the kernels use ``math.sqrt``. ``sqrt_fns()`` picks, checked
-# once per process against ``torch.sqrt`` on probe values.
+# Two ways to take the square roots of Adam and RMSprop (``sqrt_mode``):
+#
+# * "ieee" (the default): ``math.sqrt``, correctly rounded, vectorised in the update's one
+#   loop (vsqrtps). torch's ``fused=True`` CPU kernels take IEEE square roots too, so the
+#   fp32 distance from torch's for-loop is the same as torch fused's (DESIGN 5.4).
+# * "torch": bit-identical to torch's for-loop optimizers. torch's CPU ``Tensor.sqrt()`` of
+#   a contiguous float32/float64 tensor is MKL's vector sqrt (ATen/cpu/vml.h: vmsSqrt /
+#   vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE), which is not correctly
+#   rounded: measured on this AMD EPYC (AVX2) with torch 2.14.1, 14-20% of float32 and 1.2%
+#   of float64 square roots differ by 1 ulp from IEEE sqrt (position independent; LA/HA/EP
+#   modes identical). The kernels then take the square roots of each block of BLOCK
+#   elements through the same MKL function (exported by libtorch_cpu); without MKL in
+#   torch, torch's sqrt is IEEE (``_mm256_sqrt_ps``) and the kernels use ``math.sqrt``.
+#   ``sqrt_fns()`` picks, checked once per process against ``torch.sqrt`` on probe values.
+#
+# Why "ieee" is the default: MKL's sqrt costs 0.66-0.81 ns per element per thread
+# (measured, 16M float32, one thread), ~4 ms per step of Adam on 1e7 fp32 on 2 threads,
+# where the whole step at the memory roof takes ~7 ms; with it, Adam ran at 0.44-0.54x
+# torch fused. Choose "torch" with the environment variable FUSEDSCHED_SQRT=torch (read at
+# import) or ``set_sqrt_mode("torch")``.
+
+SQRT_MODES = ("ieee", "torch")
+
+
+def _mode_from_env():
+    mode = os.environ.get("FUSEDSCHED_SQRT", "ieee")
+    if mode not in SQRT_MODES:
+        raise ValueError(f"FUSEDSCHED_SQRT must be one of {SQRT_MODES}, got "
+                         f"FUSEDSCHED_SQRT={mode!r}")
+    return mode
+
+
+_sqrt_mode = _mode_from_env()
+
+
+def set_sqrt_mode(mode):
+    """Choose how the Numba Adam and RMSprop kernels take square roots, process-wide:
+    "ieee" (default: correctly rounded, fastest) or "torch" (MKL's vector sqrt, as torch's
+    CPU ``Tensor.sqrt``: bit-identical to torch's for-loop optimizers, slower). Returns the
+    previous mode. Raises ValueError for another value."""
+    global _sqrt_mode
+    if mode not in SQRT_MODES:
+        raise ValueError(f"sqrt mode must be one of {SQRT_MODES}, got mode={mode!r}")
+    previous, _sqrt_mode = _sqrt_mode, mode
+    return previous
+
+
+def sqrt_mode():
+    """The current square-root mode ("ieee" or "torch")."""
+    return _sqrt_mode
+
 
 BLOCK = 512                     # elements per sqrt batch (far below MKL's threading size)
 _VML_MODE = 0x2 | 0x100 | 0x140000          # VML_HA | VML_ERRMODE_IGNORE | VML_FTZDAZ_OFF
@@ -190,7 +249,10 @@ _INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def sqrt_fn(marker):
-    """The ``vsqrt`` function address for the math type of storage ``marker``."""
+    """The ``vsqrt`` function address for the math type of storage ``marker`` (0: IEEE
+    sqrt, the one-pass loops)."""
+    if _sqrt_mode == "ieee":
+        return 0
     f32, f64 = sqrt_fns()
     return f64 if isinstance(marker, np.float64) else f32
 
@@ -212,6 +274,17 @@ def _ol_tmp(marker):
 # loops using them vectorise (8 lanes per ymm on AVX2); the results are those of the
 # earlier branchy int64 versions, bit for bit (every 16-bit pattern, every float32 class).
 
+# With F16C (x86 since 2012; checked in the host CPU's features, as Numba compiles for the
+# host) the float16 conversions are LLVM's fpext / fptrunc of ``half``: one vcvtph2ps /
+# vcvtps2ph per 8 lanes, round to nearest even, subnormals exact; NaNs stay NaNs (payload
+# quieted). Measured on Adam 1e7 float16 (2 threads, same process): with the integer
+# versions below 29-32 ms per step against torch fused's 9.0-9.6 ms (0.3x); with F16C
+# 8.5-10.2 ms against 9.6-9.7 ms (1.0-1.1x). Without F16C, LLVM would lower ``half`` to
+# libcalls that Numba's JIT does not link, so the integer versions stay for those CPUs
+# (tests/test_numba_kernels.py compiles both and compares them bit for bit).
+_F16C = "+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
+
+
 def _i32(v):
     return ir.Constant(ir.IntType(32), v)
 
@@ -223,6 +296,8 @@ def half_to_float(typingctx, h):
         return None
 
     def codegen(context, builder, signature, args):
+        if _F16C:
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
         f32 = ir.FloatType()
         u = builder.zext(args[0], ir.IntType(32))
         sign = builder.shl(builder.and_(u, _i32(0x8000)), _i32(16))
@@ -248,6 +323,8 @@ def float_to_half(typingctx, f):
         return None
 
     def codegen(context, builder, signature, args):
+        if _F16C:
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
         f32, i32 = ir.FloatType(), ir.IntType(32)
         u = builder.bitcast(args[0], i32)
         sign = builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000))
@@ -621,7 +698,7 @@ def amp_args(grad_scale, found_inf):
     return grad_scale is not None, gs, skip
 
 
-__all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "tmp", "half_to_float",
+__all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "sqrt", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "set_sqrt_mode", "sqrt_mode", "tmp", "half_to_float",
            "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
            "n_chunks", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads", "scalar",
            "marker_of", "pack", "program_args", "amp_args", "math"]

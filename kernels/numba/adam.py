@@ -10,10 +10,11 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
                       lerp, load, make_walk, marker_of, pack, position_at, program_args,
-                      read_steps, scalar, sqrt_fn, store, use_pool, view, vsqrt)
+                      read_steps, scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -21,13 +22,21 @@ from ..schedule_encoding import NODE_SIZE
 _P, _G, _M, _V, _VMAX, _STEP = range(6)
 
 
-@njit(inline="always", **JIT)
-def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign,
-           gs, has_gs, coupled, decoupled, amsgrad, ts, tm, tp):
-    """Elements [lo, hi) up to the square root's argument. Called with a constant
-    ``amsgrad`` (inlined: two loops); no conditional store, the flags only select
-    values, so that the loop vectorises."""
-    for j in range(lo, hi):
+def _moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign, gs,
+             has_gs, coupled, decoupled):
+    """Element ``j``: the moments written, and (the second moment, the new first moment,
+    the decayed parameter) in the math type."""
+
+
+@overload(_moments)
+def _ol_moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign, gs,
+                has_gs, coupled, decoupled):
+    # An @overload, as grad_at (LLVM inlines it into the loops below). No flag here may
+    # guard a store: Numba prunes a branch on a constant flag only in the inline="always"
+    # loops, and a conditional store in a loop stops its vectorisation (measured: Adam's
+    # one-pass loop stayed scalar, 4.9 ns per element from L1, with amsgrad's store here).
+    def impl(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign, gs,
+             has_gs, coupled, decoupled):
         # coupled and decoupled exclude each other: the coupled decay reads p before the
         # decoupled one would change it
         gj, pj = grad_at(g, p, j, gs, has_gs, sign, wd, coupled)
@@ -38,28 +47,96 @@ def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd
         vj = fma(one_m_beta2 * gj, gj, load(v, j) * beta2)
         store(m, j, mj)
         store(v, j, vj)
-        if amsgrad:
-            vm = load(vmax, j)
-            if not (vm >= vj or vm != vm):        # torch.maximum: NaN wins
-                vm = vj
-            store(vmax, j, vm)
-            vj = vm
+        return vj, mj, pj
+    return impl
+
+
+def _amsgrad_max(vmax, j, vj):
+    """``max_exp_avg_sq`` at ``j`` after ``torch.maximum`` with ``vj`` (NaN wins): written
+    and returned."""
+
+
+@overload(_amsgrad_max)
+def _ol_amsgrad_max(vmax, j, vj):
+    def impl(vmax, j, vj):
+        vm = load(vmax, j)
+        if not (vm >= vj or vm != vm):        # a select, not a branch
+            vm = vj
+        store(vmax, j, vm)
+        return vm
+    return impl
+
+
+@njit(inline="always", **JIT)
+def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign,
+           gs, has_gs, coupled, decoupled, amsgrad, ts, tm, tp):
+    """Elements [lo, hi) up to the square root's argument, kept in ``ts``, ``tm``, ``tp``
+    (the torch-sqrt path). Called with a constant ``amsgrad`` (inlined: two loops)."""
+    for j in range(lo, hi):
+        vj, mj, pj = _moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd,
+                              decay, sign, gs, has_gs, coupled, decoupled)
+        if amsgrad:                    # a constant: pruned by Numba, no conditional store
+            vj = _amsgrad_max(vmax, j, vj)
         ts[j - lo] = vj
         tm[j - lo] = mj
         tp[j - lo] = pj
 
 
+@njit(inline="always", **JIT)
+def _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
+              eps, wd, decay, sign, gs, has_gs, coupled, decoupled, amsgrad, write_g):
+    """The whole update of every element in one loop, IEEE square root (the default
+    path). Called with constant ``amsgrad`` and ``write_g`` (inlined: four loops, none with
+    a conditional store); ``write_g`` writes the unscaled gradient back."""
+    for j in range(p.shape[0]):
+        vj, mj, pj = _moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd,
+                              decay, sign, gs, has_gs, coupled, decoupled)
+        if amsgrad:                    # a constant: pruned by Numba, no conditional store
+            vj = _amsgrad_max(vmax, j, vj)
+        if write_g:                    # after _moments, which reads the scaled g
+            store(g, j, load(g, j) / gs)
+        denom = sqrt(vj) / bc2_sqrt + eps
+        store(p, j, pj + step_size * mj / denom)
+
+
 @njit(**JIT)
 def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
              eps, wd, decay, sign, gs, amsgrad, has_gs, coupled, decoupled, sqrt_f, t):
-    """One segment (the arrays are views of it), in blocks of BLOCK elements: a first
-    loop up to the square root's argument (kept in ``t[0]``, with the moment and the
-    parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back (``has_gs``), the
-    square roots as torch takes them (``vsqrt``), then the parameter update. The flags are
-    runtime values (one specialisation per dtype keeps the compile time low); every loop
-    vectorises (checked in the LLVM remarks and the assembly, fp32/fp16/bf16)."""
-    ts, tm, tp = t[0], t[1], t[2]
+    """One segment (the arrays are views of it).
+
+    IEEE square root (``sqrt_f == 0``, the default): one pass (``_one_pass``), 28 B moved
+    per fp32 element and nothing else.
+
+    torch's square root (``sqrt_f``: MKL's vector sqrt, see ``_common``), in blocks of BLOCK
+    elements: a first loop up to the square root's argument (kept in ``t[0]``, with the
+    moment and the parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back
+    (``has_gs``), the square roots as torch takes them (``vsqrt``), then the parameter
+    update.
+
+    The flags are runtime values (one specialisation per dtype keeps the compile time
+    low); every loop vectorises (checked in the LLVM remarks and the assembly,
+    fp32/fp16/bf16)."""
     n = p.shape[0]
+    if sqrt_f == 0:
+        if amsgrad:
+            if has_gs:
+                _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                          one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled,
+                          True, True)
+            else:
+                _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                          one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled,
+                          True, False)
+        elif has_gs:
+            _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                      one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled, False,
+                      True)
+        else:
+            _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                      one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled, False,
+                      False)
+        return
+    ts, tm, tp = t[0], t[1], t[2]
     for lo in range(0, n, BLOCK):
         hi = min(lo + BLOCK, n)
         if amsgrad:

@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
                       lerp, load, make_walk, marker_of, pack, position_at, program_args,
-                      scalar, sqrt_fn, store, use_pool, view, vsqrt)
+                      scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
 
@@ -19,22 +20,70 @@ from ..schedule_encoding import NODE_SIZE
 _P, _G, _SQ, _GAVG, _BUF, _STEP = range(6)
 
 
-@njit(inline="always", **JIT)
-def _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign, gs, zero,
-           has_gs, coupled, centered, ts, tg, tp):
-    """Elements [lo, hi) up to the square root's argument. Called with a constant
-    ``centered`` (inlined: two loops); no conditional store, the other flags only select
-    values, so that the loop vectorises."""
-    for j in range(lo, hi):
+def _averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd, sign, gs, zero,
+              has_gs, coupled):
+    """Element ``j``: ``square_avg`` written, and (its value, the gradient as the update
+    uses it, the parameter) in the math type."""
+
+
+@overload(_averages)
+def _ol_averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd, sign, gs, zero,
+                 has_gs, coupled):
+    # An @overload without stores under a flag, as adam._moments (why: see there).
+    def impl(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd, sign, gs, zero,
+             has_gs, coupled):
         gj, pj = grad_at(g, p, j, gs, has_gs, sign, wd, coupled)
         sqj = fma(one_m_alpha * gj, gj, load(sq, j) * alpha)
         store(sq, j, sqj)
+        return sqj, gj, pj
+    return impl
+
+
+def _centered(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero):
+    """``grad_avg`` at ``j`` updated and written; returns the variance
+    ``square_avg - grad_avg**2`` clamped at 0 (case C9)."""
+
+
+@overload(_centered)
+def _ol_centered(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero):
+    def impl(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero):
+        ga = lerp(load(gavg, j), gj, one_m_alpha, one_m_w, small_w)
+        store(gavg, j, ga)
+        var = fma(-ga, ga, sqj)
+        if var < zero:                 # a select, not a branch
+            var = zero
+        return var
+    return impl
+
+
+def _update(p, buf, j, avg, gj, pj, neg_lr, momentum, has_buf):
+    """The parameter (and momentum buffer) at ``j`` from ``avg = sqrt(...) + eps``."""
+
+
+@overload(_update, prefer_literal=True)
+def _ol_update(p, buf, j, avg, gj, pj, neg_lr, momentum, has_buf):
+    # has_buf selects a store: two impls chosen at typing (it is a literal at every call)
+    if getattr(has_buf, "literal_value", None) is True:
+        def impl(p, buf, j, avg, gj, pj, neg_lr, momentum, has_buf):
+            bj = load(buf, j) * momentum + gj / avg
+            store(buf, j, bj)
+            store(p, j, fma(bj, neg_lr, pj))
+    else:
+        def impl(p, buf, j, avg, gj, pj, neg_lr, momentum, has_buf):
+            store(p, j, pj + neg_lr * gj / avg)
+    return impl
+
+
+@njit(inline="always", **JIT)
+def _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign, gs, zero,
+           has_gs, coupled, centered, ts, tg, tp):
+    """Elements [lo, hi) up to the square root's argument, kept in ``ts``, ``tg``, ``tp``
+    (the torch-sqrt path). Called with a constant ``centered`` (inlined: two loops)."""
+    for j in range(lo, hi):
+        sqj, gj, pj = _averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd,
+                                sign, gs, zero, has_gs, coupled)
         if centered:
-            ga = lerp(load(gavg, j), gj, one_m_alpha, one_m_w, small_w)
-            store(gavg, j, ga)
-            sqj = fma(-ga, ga, sqj)
-            if sqj < zero:
-                sqj = zero
+            sqj = _centered(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero)
         ts[j - lo] = sqj
         tg[j - lo] = gj
         tp[j - lo] = pj
@@ -42,32 +91,82 @@ def _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sig
 
 @njit(inline="always", **JIT)
 def _last(p, buf, lo, hi, neg_lr, eps, momentum, has_buf, ts, tg, tp):
-    """Elements [lo, hi) from the square root on. Called with a constant ``has_buf``
-    (inlined: two loops)."""
+    """Elements [lo, hi) from the square root on (the torch-sqrt path). Called with a
+    constant ``has_buf`` (inlined: two loops)."""
     for j in range(lo, hi):
-        avg = ts[j - lo] + eps
         if has_buf:
-            bj = load(buf, j) * momentum + tg[j - lo] / avg
-            store(buf, j, bj)
-            store(p, j, fma(bj, neg_lr, tp[j - lo]))
+            _update(p, buf, j, ts[j - lo] + eps, tg[j - lo], tp[j - lo], neg_lr, momentum, True)
         else:
-            store(p, j, tp[j - lo] + neg_lr * tg[j - lo] / avg)
+            _update(p, buf, j, ts[j - lo] + eps, tg[j - lo], tp[j - lo], neg_lr, momentum, False)
+
+
+@njit(inline="always", **JIT)
+def _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+              momentum, wd, sign, gs, zero, has_gs, coupled, centered, has_buf, write_g):
+    """The whole update of every element in one loop, IEEE square root (the default
+    path). Called with constant ``centered``, ``has_buf`` and ``write_g`` (inlined: eight
+    loops, none with a conditional store); ``write_g`` writes the unscaled gradient back."""
+    for j in range(p.shape[0]):
+        sqj, gj, pj = _averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd,
+                                sign, gs, zero, has_gs, coupled)
+        if write_g:                    # after _averages, which reads the scaled g
+            store(g, j, load(g, j) / gs)
+        if centered:
+            sqj = _centered(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero)
+        if has_buf:
+            _update(p, buf, j, sqrt(sqj) + eps, gj, pj, neg_lr, momentum, True)
+        else:
+            _update(p, buf, j, sqrt(sqj) + eps, gj, pj, neg_lr, momentum, False)
+
+
+@njit(inline="always", **JIT)
+def _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+                    momentum, wd, sign, gs, zero, has_gs, coupled, centered, has_buf):
+    """``_one_pass`` with ``has_gs`` (= ``write_g``) made a constant."""
+    if has_gs:
+        _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+                  momentum, wd, sign, gs, zero, True, coupled, centered, has_buf, True)
+    else:
+        _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+                  momentum, wd, sign, gs, zero, False, coupled, centered, has_buf, False)
 
 
 @njit(**JIT)
 def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps, momentum,
              wd, sign, gs, centered, has_buf, has_gs, coupled, sqrt_f, t):
-    """One segment (the arrays are views of it), in blocks of BLOCK elements: a first
-    loop up to the square root's argument (kept in ``t[0]``, with the gradient and the
-    parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back (``has_gs``; its
-    own loop after the first, which reads the scaled g), the square roots as torch takes
-    them (``vsqrt``), then the momentum and parameter update. The flags are runtime values
-    (one specialisation per dtype keeps the compile time low); ``centered`` and ``has_buf``
-    choose between inlined loop copies. Every loop vectorises (checked in the LLVM remarks
-    and the assembly, fp32/fp16/bf16/fp64)."""
+    """One segment (the arrays are views of it).
+
+    IEEE square root (``sqrt_f == 0``, the default): one pass (``_one_pass``).
+
+    torch's square root (``sqrt_f``: MKL's vector sqrt, see ``_common``), in blocks of BLOCK
+    elements: a first loop up to the square root's argument (kept in ``t[0]``, with the
+    gradient and the parameter in ``t[1]``, ``t[2]``), the unscaled gradient written back
+    (``has_gs``; its own loop after the first, which reads the scaled g), the square roots
+    as torch takes them (``vsqrt``), then the momentum and parameter update.
+
+    The flags are runtime values (one specialisation per dtype keeps the compile time
+    low); ``centered``, ``has_buf`` and ``has_gs`` choose between inlined loop copies.
+    Every loop vectorises (checked in the assembly: vsqrtps, ymm)."""
     zero = ct(0.0, eps)
-    ts, tg, tp = t[0], t[1], t[2]
     n = p.shape[0]
+    if sqrt_f == 0:
+        if centered:
+            if has_buf:
+                _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w,
+                                small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled,
+                                True, True)
+            else:
+                _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w,
+                                small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled,
+                                True, False)
+        elif has_buf:
+            _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
+                            eps, momentum, wd, sign, gs, zero, has_gs, coupled, False, True)
+        else:
+            _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
+                            eps, momentum, wd, sign, gs, zero, has_gs, coupled, False, False)
+        return
+    ts, tg, tp = t[0], t[1], t[2]
     for lo in range(0, n, BLOCK):
         hi = min(lo + BLOCK, n)
         if centered:

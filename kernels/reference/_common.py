@@ -4,14 +4,21 @@ Everything here is torch ops on the parameters' device, with no host sync: a fou
 skip is a ``torch.where`` on the new values, not a Python branch.
 
 Rounding is torch's own: the fused multiply-adds below where torch's CPU kernels fuse, and
-``Tensor.sqrt()``, which on the CPU is MKL's vector square root (not always correctly
-rounded: 14% of fp32 results differ by 1 ulp from IEEE on an AMD EPYC); the Numba kernels
-call the same MKL function, so CPU results are bit-identical to torch's for-loop.
+``Tensor.sqrt()`` (``sqrt`` below), which on the CPU is MKL's vector square root (not
+always correctly rounded: 14% of fp32 results differ by 1 ulp from IEEE on an AMD EPYC), so
+CPU results are bit-identical to torch's for-loop. The Numba kernels call the same MKL
+function in their "torch" sqrt mode (``kernels/numba/_common.py``); their default, IEEE
+sqrt, is what this module computes with ``sqrt`` swapped for a correctly rounded one.
 """
 
 import torch
 
 from .schedule import evaluate
+
+
+def sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``x.sqrt()``: torch's own square root, as torch's for-loop optimizers take it."""
+    return x.sqrt()
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:

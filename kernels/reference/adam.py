@@ -7,7 +7,7 @@ Operation order of torch's ``_single_tensor_adam`` (torch/optim/adam.py), with
 import torch
 
 from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, schedule_scalars,
-                      skip_mask, store)
+                      skip_mask, sqrt, store)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
@@ -41,10 +41,10 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
                          exp_avg_sqs[i].to(dtype) * beta2_t.to(dtype))
         if amsgrad:
             max_exp_avg_sq = torch.maximum(max_exp_avg_sqs[i].to(dtype), exp_avg_sq)
-            denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+            denom = sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
             store(max_exp_avg_sqs[i], max_exp_avg_sq, skip)
         else:
-            denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+            denom = sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         p = p + (-step_size) * exp_avg / denom
         store(exp_avgs[i], exp_avg, skip)
         store(exp_avg_sqs[i], exp_avg_sq, skip)

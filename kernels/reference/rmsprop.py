@@ -10,7 +10,7 @@ torch's rounding can make it negative and produce NaN (case C9).
 import torch
 
 from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, schedule_scalars,
-                      skip_mask, store)
+                      skip_mask, sqrt, store)
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
@@ -34,10 +34,10 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
                          square_avgs[i].to(dtype) * alpha_t.to(dtype))
         if centered:
             grad_avg = lerp(grad_avgs[i].to(dtype), grad, (1 - alpha_t).to(dtype))
-            avg = fma(-grad_avg, grad_avg, square_avg).clamp_min(0).sqrt()
+            avg = sqrt(fma(-grad_avg, grad_avg, square_avg).clamp_min(0))
             store(grad_avgs[i], grad_avg, skip)
         else:
-            avg = square_avg.sqrt()
+            avg = sqrt(square_avg)
         avg = avg + eps
         if momentum_buffers is not None:
             buf = momentum_buffers[i].to(dtype) * momentum_t.to(dtype) + grad / avg
