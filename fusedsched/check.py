@@ -14,8 +14,9 @@ The oracle of each dtype:
   parameters and gradients. Tolerances (largest |ours - torch| over a tensor divided by
   max(largest |torch|, 1e-6), over parameters and every torch state key): float64 1e-10
   (both compute the same closed forms; only torch's chainable schedulers differ by ulps),
-  float32 1e-5 (on the CPU the backends round as torch's for-loop does, bit for bit; on a
-  GPU the order of operations may differ by an ulp per step).
+  float32 1e-5 (on the CPU the reference backend rounds as torch's for-loop does, bit for
+  bit, and so does Numba with ``FUSEDSCHED_SQRT=torch``; Numba's default IEEE square roots
+  and a GPU's order of operations may differ by an ulp per step).
 * float16 and bfloat16: fusedsched does the math in float32 (as torch's fused kernels do,
   unlike its for-loop, whose eps underflows in float16: case C14), so the oracle is torch's
   for-loop in float32 on the same values; the tolerance is ``(4 + steps / 2) * eps(dtype)``
