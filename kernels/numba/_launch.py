@@ -4,8 +4,8 @@
 contiguous tensors): the int64 address table and offsets the kernel reads, built once, so
 that a ``step()`` costs one pass over the gradients instead of packing every tensor again.
 
-Per step, ``matches`` re-checks, cheaply and without allocating tensors: the same group,
-``optimizer.state`` object (``load_state_dict`` replaces it, and with it every state
+Per step, ``matches`` re-checks, cheaply and without allocating tensors or arrays: the same
+group, ``optimizer.state`` object (``load_state_dict`` replaces it, and with it every state
 tensor and step counter), per-parameter state dict and parameters (by identity), the
 parameters' data pointers (``p.data = ...`` moves them) and the gradients' data pointers
 and contiguity (``zero_grad(set_to_none=True)`` reallocates them: a moved gradient only
@@ -15,7 +15,6 @@ replaced by hand inside ``optimizer.state[p]`` (use ``load_state_dict``).
 
 import operator
 
-import numpy as np
 import torch
 
 from . import adam, rmsprop, sgd
@@ -28,7 +27,7 @@ _grad = operator.attrgetter("grad")
 
 
 class GroupTable:
-    def __init__(self, algorithm, group, state, params, keys):
+    def __init__(self, algorithm, group, state, params, keys, count=None):
         """``params``: the group's parameters with a gradient, one real dtype, contiguous,
         state initialised. Raises ValueError (from ``pack``) for anything the kernel
         cannot take."""
@@ -40,7 +39,8 @@ class GroupTable:
         grads = list(map(_grad, self.params))
         self.table, self.offsets = pack(self.params, [grads] + lists,
                                         [s["step"] for s in self.states])
-        self.param_ptrs = self.table[:, 0].copy()
+        self.param_ptrs, self.grad_ptrs = self.table[:, 0].tolist(), self.table[:, 1].tolist()
+        self.checked_at = count      # the optimizer's step count when states were last read
         self.marker = marker_of(self.params)
         self.extra = {}
         if algorithm == "sgd":
@@ -48,20 +48,33 @@ class GroupTable:
         elif algorithm == "rmsprop":
             self.extra["has_buf"] = keys[2] is not None
 
-    def matches(self, group, state, params, keys):
-        """True when the table serves this step (gradient moves are patched in)."""
-        if (group is not self.group or state is not self.state or len(params) != len(self.params)
-                or keys != self.keys or not all(map(operator.is_, params, self.params))
-                or not all(map(operator.is_, map(state.get, params), self.states))):
+    def matches(self, group, state, params, keys, ptrs=None, counts=(None, None)):
+        """True when the table serves this step (gradient moves are patched in).
+
+        ``ptrs``: ``(param data pointers, grad data pointers, grads)`` of ``params`` when the
+        caller read them while checking (``FusedOptimizer._plan``), else None. ``counts``: (the
+        optimizer's count of its last step when no per-parameter state dict was replaced
+        since, else None; this step's count): the state dicts' identity is re-read only
+        when this table was not checked at that last step. One C-level pass (``map``) per
+        attribute, pointer lists compared as lists; numpy only patches moved grads in."""
+        if (group is not self.group or state is not self.state or keys != self.keys
+                or len(params) != len(self.params)
+                or not all(map(operator.is_, params, self.params))
+                or (counts[0] is None or counts[0] != self.checked_at) and
+                not all(map(operator.is_, map(state.get, params), self.states))):
             return False
-        n = len(params)
-        if not np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, n), self.param_ptrs):
+        if ptrs is None:
+            grads = list(map(_grad, params))
+            ptrs = list(map(_data_ptr, params)), list(map(_data_ptr, grads)), grads
+        param_ptrs, grad_ptrs, grads = ptrs
+        # a new grad may sit at the old one's address yet be strided (p.grad = x.t()):
+        # contiguity is read every step
+        if param_ptrs != self.param_ptrs or not all(map(_is_contiguous, grads)):
             return False
-        grads = list(map(_grad, params))
-        if not all(map(_is_contiguous, grads)):
-            return False
-        ptrs = np.fromiter(map(_data_ptr, grads), np.int64, n)
-        self.table[:, 1] = ptrs        # dtype, shape and device are checked by the caller
+        if grad_ptrs != self.grad_ptrs:
+            self.table[:, 1] = grad_ptrs   # dtype, shape and device are checked by the caller
+            self.grad_ptrs = grad_ptrs
+        self.checked_at = counts[1]
         return True
 
     def launch(self, kernel_args, **kw):
