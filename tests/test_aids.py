@@ -58,7 +58,18 @@ def test_stochastic_rounding_refuses_fp16_before_writing():
     p = torch.ones(4, dtype=torch.float16, requires_grad=True)
     q = torch.ones(4, dtype=torch.bfloat16, requires_grad=True)
     p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
-    opt = fs.Adam([q, p], stochastic_rounding=True, backend="reference")
+    # at construction, and in a group added later
+    with pytest.raises(ValueError, match="stochastic_rounding=True rounds bfloat16.*float16"):
+        fs.Adam([q, p], stochastic_rounding=True, backend="reference")
+    opt = fs.Adam([q], stochastic_rounding=True, backend="reference")
+    with pytest.raises(ValueError, match="stochastic_rounding"):
+        opt.add_param_group({"params": p})
+    assert len(opt.param_groups) == 1
+    # a parameter made float16 after construction: refused at step(), nothing written
+    r = torch.ones(4, dtype=torch.bfloat16, requires_grad=True)
+    opt.add_param_group({"params": [r]})
+    r.data = r.data.half()
+    r.grad = torch.ones_like(r)
     with pytest.raises(ValueError, match="stochastic_rounding"):
         opt.step()
     assert (q == 1).all() and not opt.state

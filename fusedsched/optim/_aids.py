@@ -75,15 +75,21 @@ def check(master_weights, stochastic_rounding, max_grad_norm):
 
 
 def check_params(opt, plans):
-    """Checks of the parameters that reach an update (no writes)."""
+    """Checks of the parameters that reach an update (no writes): at every step, since a
+    parameter's dtype can change after construction (``model.half()``)."""
+    for plan in plans:
+        check_group_params(opt, plan.params)
+
+
+def check_group_params(opt, params):
+    """ValueError for a parameter an aid refuses (float16 with stochastic rounding); also
+    run by ``add_param_group``, so that the constructor refuses it."""
     if opt.stochastic_rounding:
-        for plan in plans:
-            params = plan.params
-            for p in params:
-                if p.dtype == torch.float16:
-                    raise ValueError(
-                        f"stochastic_rounding=True rounds bfloat16 parameters; got a float16 "
-                        f"parameter (shape {tuple(p.shape)}): use master_weights=True")
+        for p in params:
+            if p.dtype == torch.float16:
+                raise ValueError(
+                    f"stochastic_rounding=True rounds bfloat16 parameters; got a float16 "
+                    f"parameter (shape {tuple(p.shape)}): use master_weights=True")
 
 
 def clipped_grad_scale(opt, plans, grad_scale):

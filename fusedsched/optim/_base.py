@@ -180,7 +180,8 @@ class _Memo:
             return None
 
 
-_PLAIN = {torch.Tensor}
+_PLAIN = {torch.Tensor}                             # a grad's type
+_PLAIN_PARAMS = {torch.Tensor, torch.nn.Parameter}  # a parameter's (not a DTensor, ...)
 
 
 def _device_scalar(value, device):
@@ -257,6 +258,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._check_group(merged)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:        # on torch's list of the group's parameters (``params`` may be a generator)
+            _aids.check_group_params(self, group["params"])
+        except ValueError:
+            self.param_groups.pop()
+            raise
         group["schedule"] = merged["schedule"]
         group.setdefault("schedule_position", torch.zeros((), dtype=torch.float64))
 
@@ -382,7 +388,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         live, grads = list(compress(params, mask)), list(compress(grads, mask))
         device = live[0].device if live else group["schedule_position"].device
         dtypes, shapes = list(map(_dtype, live)), list(map(_shape, live))
-        plain = not live or set(map(type, live)) == set(map(type, grads)) == _PLAIN
+        plain = not live or (set(map(type, grads)) == _PLAIN
+                             and set(map(type, live)) <= _PLAIN_PARAMS)
         try:
             ok = (plain and list(map(_dtype, grads)) == dtypes and _DTYPES.issuperset(dtypes)
                   and list(map(_shape, grads)) == shapes
