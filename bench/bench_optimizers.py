@@ -124,4 +124,16 @@ def test_cli_smoke(tmp_path):
     for p in rec["providers"].values():
         assert p["ms"] > 0 and math.isfinite(p["gbps"])
     assert rec["params_finite"]
+    assert rec["finite"] == {name: True for name in B.PROVIDERS if name != "roof"}
     assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + len(B.PROVIDERS)
+
+
+def test_torch_nan_is_not_fusedsched_failure():
+    """Each provider steps its own parameters: a torch path's NaN (case C9, C14) is
+    reported as its own and does not mark fusedsched's run non-finite."""
+    wl = B.Workload("a", "adam", "float32", [(10,)])
+    times = {"roof": [1e-3], "loop": [2e-3], "fusedsched": [1e-3]}
+    rec = B.summarize(wl, times, {}, {"loop": False, "fusedsched": True}, False)
+    assert rec["params_finite"] and rec["finite"]["loop"] is False
+    rec = B.summarize(wl, times, {}, {"loop": True, "fusedsched": False}, False)
+    assert not rec["params_finite"]
