@@ -444,3 +444,106 @@ def test_steady_state_takes_the_cached_path(make, monkeypatch):
     before = [p.detach().clone() for p in params]
     opt.step()
     assert all(not torch.equal(p, b) for p, b in zip(params, before))
+
+
+# -- found by a tester after the caches landed ------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_param_made_non_contiguous_in_place(backend, torch_sqrt):
+    """``p.data = p.data.t()`` on a square parameter keeps its pointer, shape and dtype:
+    the cached table must still notice the layout (it wrote in the old one)."""
+    def change(k, opt, params):
+        if k == 2:
+            params[2].data = params[2].data.t()      # (4, 4)
+    ours, theirs = _run_both(backend, 5, _new_grads, change)
+    assert not ours[2].is_contiguous()
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("edit", ["clear", "replace"])
+def test_state_dict_edited_in_place(backend, edit, torch_sqrt):
+    """``opt.state[p].clear()`` or a state tensor replaced in the same dict: the next step
+    uses the new state, as torch's does (the table used to keep writing through the old
+    addresses: freed memory after ``clear()``)."""
+    def change(k, opt, params):
+        if k == 3:
+            for p in params:
+                if edit == "clear":
+                    opt.state[p].clear()
+                else:
+                    opt.state[p]["exp_avg"] = torch.zeros_like(p)
+    ours, theirs = _run_both(backend, 6, _new_grads, change)
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["shape", "dtype"])
+def test_state_that_no_longer_fits_raises_before_any_write(backend, how):
+    """A parameter replaced under its state (``p.data = ...``) raises, naming the state
+    key, before any group is updated."""
+    x, y, z = torch.zeros(4), torch.zeros(4), torch.zeros(5)
+    opt = fs.Adam([{"params": [x]}, {"params": [y, z]}], lr=0.1, backend=backend)
+    for p in (x, y, z):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    new = torch.zeros(50) if how == "shape" else torch.zeros(5, dtype=torch.float64)
+    z.data = new
+    z.grad = torch.ones_like(new)
+    snap = _snapshot(opt)
+    error = ValueError if how == "shape" else TypeError
+    with pytest.raises(error, match="state 'exp_avg'"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sgd_momentum_turned_on_mid_run(backend):
+    """A momentum buffer made mid-run starts from the gradient, as torch's does (with
+    dampening the two used to differ)."""
+    ours, theirs = _params(), _params()
+    o = fs.SGD(ours, lr=0.1, backend=backend)
+    t = torch.optim.SGD(theirs, lr=0.1, foreach=False)
+    for k in range(5):
+        if k == 2:
+            for opt in (o, t):
+                opt.param_groups[0].update(momentum=0.9, dampening=0.5)
+        _new_grads(k, ours)
+        _new_grads(k, theirs)
+        o.step()
+        t.step()
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensor_lr_written_through_data(backend):
+    """A CPU tensor lr written without a version bump (``lr.data.fill_``) is still
+    validated: an invalid value raises and nothing changes."""
+    params = _params()
+    lr = torch.tensor(0.1)
+    opt = fs.SGD(params, lr=lr, backend=backend)
+    _new_grads(0, params)
+    opt.step()
+    lr.data.fill_(-1.0)
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deepcopy_keeps_settings_and_steps_alike(backend):
+    """``copy.deepcopy`` (and pickling) keeps backend, aids and rounding state: the copy
+    steps exactly as the original."""
+    params = [p.bfloat16() for p in _params()]
+    opt = fs.Adam(params, lr=0.01, backend=backend, stochastic_rounding=True, max_grad_norm=1.0)
+    _new_grads(0, params)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    assert (twin.backend, twin.max_grad_norm, twin.stochastic_rounding) == (backend, 1.0, True)
+    copies = [p for g in twin.param_groups for p in g["params"]]
+    for a, b in ((opt, params), (twin, copies)):
+        _new_grads(1, b)
+        a.step()
+    for p, q in zip(params, copies):
+        assert torch.equal(p, q)

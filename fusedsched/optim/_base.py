@@ -65,26 +65,31 @@ def _fingerprint(group):
     """A key of a group's values other than "params": equal keys mean equal values
     (scalars by type and value, sequences element-wise, tensors by ``_tensor_key``,
     anything else, schedules and callables, by identity)."""
-    return [(name, _freeze(value)) for name, value in group.items() if name != "params"]
+    return [(name, _freeze(value, name != "schedule_position"))
+            for name, value in group.items() if name != "params"]
 
 
-def _freeze(value):
+def _freeze(value, by_value):
     kind = type(value)
     if kind in _SCALARS:
         return kind, value
     if kind is tuple or kind is list:
-        return kind, tuple(map(_freeze, value))
+        return kind, tuple(_freeze(v, by_value) for v in value)
     if isinstance(value, torch.Tensor):
-        return _tensor_key(value)
+        return _tensor_key(value, by_value)
     return kind, id(value)
 
 
-def _tensor_key(t):
+def _tensor_key(t, by_value=False):
     """What a tensor hyperparameter's validity depends on: in-place writes move ``_version``,
-    ``t.data = ...`` the rest. ``schedule_position`` is advanced by the kernels through its
-    address (its ``_version`` stays): the kernels keep it valid, and a replaced position
-    (``load_state_dict``, ``_launch`` moving it) is a new tensor."""
-    return id(t), t._version, t.data_ptr(), t.dtype, t.shape, t.device
+    ``t.data = ...`` the rest; with ``by_value``, a CPU tensor's value too (a write through
+    ``t.data`` or numpy moves no version; ~1 us). ``schedule_position`` is advanced by the
+    kernels through its address (its ``_version`` stays): the kernels keep it valid, and a
+    replaced position (``load_state_dict``, ``_launch`` moving it) is a new tensor."""
+    key = (id(t), t._version, t.data_ptr(), t.dtype, t.shape, t.device)
+    if by_value and t.device.type == "cpu" and t.numel() == 1:
+        return key + (t.item(),)
+    return key
 
 
 class _Memo:
@@ -125,7 +130,7 @@ class _Memo:
                 or list(group) != self.key[0]):
             return False
         for t, was in self.tensors:
-            if _tensor_key(t) != was:
+            if _tensor_key(t, len(was) > 6) != was:
                 return False
         for seq, was in self.lists:
             if len(seq) != len(was) or not all(map(operator.is_, seq, was)):
@@ -139,15 +144,16 @@ class _Memo:
         self.tensors, self.lists = [], []
         for name, value in group.items():
             if name != "params":
-                self._watch(value)
+                self._watch(value, name != "schedule_position")
 
-    def _watch(self, value):
-        """The tensors and lists inside a group value, with what they held when checked."""
+    def _watch(self, value, by_value):
+        """The tensors and lists inside a group value, with what they held when checked
+        (tensors keyed ``by_value``: all but the position, see ``_tensor_key``)."""
         if isinstance(value, torch.Tensor):
-            self.tensors.append((value, _tensor_key(value)))
+            self.tensors.append((value, _tensor_key(value, by_value)))
         elif type(value) in (tuple, list):
             for v in value:
-                self._watch(v)
+                self._watch(v, by_value)
             if type(value) is list:
                 self.lists.append((value, tuple(value)))
 
@@ -204,6 +210,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     """
 
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
+    _count_restarted_by = ()  # state keys whose creation resets ``step`` to 0
 
     # The arguments every optimizer shares, documented once; each class docstring holds
     # the marker "{shared_args}" where they go.
@@ -406,6 +413,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                         or p.dtype not in _DTYPES or g.shape != p.shape
                         or g.device != device or p.device != device):
                     self._check_param(p, g, device)
+        lifted = _aids.lifted_dtypes(self)
+        for p in live:
+            state = self.state.get(p)
+            if state:
+                _check_state(p, state, lifted)
         memo.params, memo.mask, memo.live = list(params), mask, live
         memo.dtypes, memo.shapes, memo.device = dtypes, shapes, device
         memo.index = {-1 if device.type == "cpu" else device.index}
@@ -477,6 +489,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key in keys:
                 if key is not None and key not in state:
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if key in self._count_restarted_by:
+                        state["step"] = torch.zeros((), dtype=torch.float64, device=device)
             by_dtype.setdefault(p.dtype, []).append(p)
         step_fn = _backend.kernel(backend, self.algorithm)
         if not by_dtype:
@@ -505,6 +519,28 @@ class FusedOptimizer(torch.optim.Optimizer):
                     schedule=program, position=position, grad_scale=grad_scale,
                     found_inf=found_inf, advance_position=n == len(by_dtype) - 1)
             staged.write_back()
+
+    # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
+    _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
+                "rounding_seed", "last_grad_norm")
+
+    def __getstate__(self):
+        """torch's (defaults, state, param_groups) plus this optimizer's settings and its
+        rounding generators' states; the launch caches are rebuilt after loading."""
+        out = super().__getstate__()
+        out.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
+        out["_rounding_states"] = {device: gen.get_state() for device, gen
+                                   in self.__dict__.get("_rounding_generators", {}).items()}
+        return out
+
+    def __setstate__(self, state):
+        state = dict(state)
+        rounding = state.pop("_rounding_states", {})
+        super().__setstate__(state)
+        self._rounding_generators = {}
+        self._lift_view = (None, {})
+        for device, rng in rounding.items():
+            _aids.generator(self, device).set_state(rng)
 
     # -- state_dict --------------------------------------------------------------------
     def state_dict(self):
@@ -603,6 +639,24 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_momentum(self, group):
         return group.get("momentum", 0.0)
+
+
+def _check_state(p, state, lifted):
+    """The state of a parameter that a step will update matches it (``p.data = ...`` can
+    change a parameter under its state): ValueError for a shape, TypeError for a dtype
+    (float32 state of an fp16/bf16 parameter an aid lifts is its own), before anything is
+    written."""
+    for key, value in state.items():
+        if key == "step" or not isinstance(value, torch.Tensor):
+            continue
+        if value.shape != p.shape:
+            raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, its parameter "
+                             f"{tuple(p.shape)} (a parameter replaced with p.data = ...? "
+                             f"reset its state: del optimizer.state[p])")
+        if value.dtype != p.dtype and not (p.dtype in lifted and value.dtype == torch.float32):
+            raise TypeError(f"state {key!r} has dtype {value.dtype}, its parameter {p.dtype} "
+                            f"(shape {tuple(p.shape)}; reset its state: "
+                            f"del optimizer.state[p])")
 
 
 def _check_step(value, group_index):

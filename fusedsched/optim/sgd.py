@@ -26,14 +26,17 @@ class SGD(FusedOptimizer):
             drive the momentum, as torch's OneCycleLR / CyclicLR do.
         {shared_args}
 
-    State per parameter: ``step`` (0-dim float64 tensor, applied updates; torch's SGD
-    ignores this key) and ``momentum_buffer`` when momentum is on.
+    State per parameter: ``step`` (0-dim float64 tensor, applied updates since the momentum
+    buffer was made; torch's SGD ignores this key) and ``momentum_buffer`` when momentum is
+    on. Momentum turned on mid-run starts its buffer from the gradient, as torch's does.
 
     Raises:
         ValueError / TypeError: invalid hyperparameters, naming the argument and value.
     """
 
     algorithm = "sgd"
+    # the kernel's buffer takes the gradient itself at step 0: a new buffer restarts it
+    _count_restarted_by = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, schedule=None, backend="auto",

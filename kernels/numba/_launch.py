@@ -9,11 +9,15 @@ group, ``optimizer.state`` object (``load_state_dict`` replaces it, and with it 
 tensor and step counter), per-parameter state dict and parameters (by identity), the
 parameters' data pointers (``p.data = ...`` moves them) and the gradients' data pointers
 and contiguity (``zero_grad(set_to_none=True)`` reallocates them: a moved gradient only
-updates its table entry). Anything else rebuilds the table. Not detected: a state tensor
-replaced by hand inside ``optimizer.state[p]`` (use ``load_state_dict``).
+updates its table entry), the parameters' contiguity (``p.data = p.data.t()`` keeps the
+pointer and shape), and the values of the per-parameter state dicts by identity
+(``opt.state[p].clear()``, ``opt.state[p]["exp_avg"] = ...``). Anything else rebuilds the
+table. The table holds references to every state tensor it addresses, so that no edit of
+the state can leave the kernel an address of freed memory.
 """
 
 import operator
+from itertools import chain
 
 import torch
 
@@ -40,6 +44,8 @@ class GroupTable:
         self.table, self.offsets = pack(self.params, [grads] + lists,
                                         [s["step"] for s in self.states])
         self.param_ptrs, self.grad_ptrs = self.table[:, 0].tolist(), self.table[:, 1].tolist()
+        # every value of the state dicts (the addressed tensors among them: references)
+        self.values = list(chain.from_iterable(map(dict.values, self.states)))
         self.checked_at = count      # the optimizer's step count when states were last read
         self.marker = marker_of(self.params)
         self.extra = {}
@@ -69,7 +75,11 @@ class GroupTable:
         param_ptrs, grad_ptrs, grads = ptrs
         # a new grad may sit at the old one's address yet be strided (p.grad = x.t()):
         # contiguity is read every step
-        if param_ptrs != self.param_ptrs or not all(map(_is_contiguous, grads)):
+        if (param_ptrs != self.param_ptrs or not all(map(_is_contiguous, grads))
+                or not all(map(_is_contiguous, params))):
+            return False
+        values = list(chain.from_iterable(map(dict.values, self.states)))
+        if len(values) != len(self.values) or not all(map(operator.is_, values, self.values)):
             return False
         if grad_ptrs != self.grad_ptrs:
             self.table[:, 1] = grad_ptrs   # dtype, shape and device are checked by the caller
