@@ -10,6 +10,8 @@ import importlib
 import os
 import warnings
 
+import torch
+
 BACKENDS = ("auto", "triton", "numba", "reference")
 _warned = set()
 
@@ -36,7 +38,22 @@ def _can_serve(name, device_type):
 
 
 def resolve(requested, device):
-    """The backend name that serves tensors on ``device`` for the ``requested`` name."""
+    """The backend name that serves tensors on ``device`` for the ``requested`` name
+    (a constant for torch.compile: resolved once per device and setting, outside the
+    trace)."""
+    key = (requested, device.type, os.environ.get("FUSEDSCHED_BACKEND"),
+           _triton_interpreted())
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = _resolve(requested, device)
+    return name
+
+
+_resolved = {}
+
+
+@torch.compiler.assume_constant_result
+def _resolve(requested, device):
     if requested == "auto":
         requested = check_name(os.environ.get("FUSEDSCHED_BACKEND", "auto") or "auto")
     if requested != "auto":

@@ -8,12 +8,13 @@ import contextlib
 import math
 import numbers
 import operator
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from typing import NamedTuple
 
 import torch
 
 from .. import schedules as S
+from ..kernels import ops
 from . import _aids, _backend
 
 
@@ -27,6 +28,7 @@ class _Plan(NamedTuple):
     schedule: object        # the schedule the kernel evaluates (unit for a host callable)
     memo: object            # the group's _Memo
     ptrs: object            # (param ptrs, grad ptrs, grads) of params; None: not read
+    direct: bool            # no DTensor and nothing an aid lifts: launched as they are
 
 
 class SparseGradientError(RuntimeError, TypeError):
@@ -116,10 +118,12 @@ class _Memo:
     """
 
     __slots__ = ("group", "key", "values", "tensors", "lists", "params", "mask", "live",
-                 "dtypes", "shapes", "ptrs", "device", "index", "backend", "direct", "launch")
+                 "dtypes", "shapes", "ptrs", "device", "index", "backend", "direct", "launch",
+                 "calls")
 
     def __init__(self, group):
-        self.group, self.key, self.values, self.direct, self.launch = group, None, (), False, None
+        self.group, self.key, self.values, self.direct = group, None, (), False
+        self.launch = self.calls = None
 
     def checked(self, group):
         """True when the group's values are those checked last (``_check_group`` need not
@@ -318,39 +322,82 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        plans = [self._plan(group) for group in self.param_groups]
+        # Traced by torch.compile: the same checks and the same operator calls, without the
+        # host caches (dynamo's guards on the groups' values and the tensors' metadata
+        # decide when the traced step is valid).
+        traced = torch.compiler.is_compiling()
+        plan = self._traced_plan if traced else self._plan
+        plans = [plan(group) for group in self.param_groups]
         _aids.check_params(self, plans)
         if self.max_grad_norm is not None:
             grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
-        # Whether any per-parameter state dict was replaced since the last step (a user's
-        # ``opt.state[p] = {}``, ``del opt.state[p]``): two identity passes over the state's
-        # keys and values, no hashing (a tensor's __hash__ is a Python call, ~0.2 us).
-        seen = self.__dict__.get("_state_seen")     # (count, state, keys, values)
-        count = seen[0] + 1 if seen else 0
-        state = self.state
-        same = (seen is not None and seen[1] is state and len(state) == len(seen[2])
-                and all(map(operator.is_, state, seen[2]))
-                and all(map(operator.is_, state.values(), seen[3])))
-        counts = (count - 1 if same else None, count)
+        state_same = not traced and self._state_unchanged()
         fresh = []
         for plan in plans:
             if found_inf is not None and self.algorithm == "sgd":
                 fresh += [p for p in plan.params if "momentum_buffer" not in self.state[p]]
-            if plan.memo.direct:        # no DTensor, nothing lifted: no context to enter
-                self._launch(plan, grad_scale, found_inf, counts)
+            if plan.direct:
+                # no DTensor, nothing lifted: no context to enter
+                self._launch(plan, grad_scale, found_inf, state_same)
                 continue
             with _local_shards(self, plan.params) as local, _aids.lifted(self, local) as lifted:
                 self._launch(plan._replace(params=lifted, ptrs=None), grad_scale, found_inf)
-        # taken before the dicts below are replaced: the next step then sees them changed
-        self._state_seen = (count, state, list(state), list(state.values()))
+        if not traced:  # taken before the dicts below are replaced: the next step sees them
+            self._state_seen = (self.state, list(self.state), list(self.state.values()))
         if fresh and bool(found_inf.reshape(())):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
-            # leaves an uninitialised one: case C13). One host read of found_inf, only on a
-            # step that created buffers.
+            # leaves an uninitialised one). One host read of found_inf, only on a step
+            # that created buffers.
             for p in fresh:     # a new dict, not a pop: launch caches hold the old one
                 self.state[p] = {k: v for k, v in self.state[p].items()
                                  if k != "momentum_buffer"}
         return loss
+
+    def _state_unchanged(self):
+        """True when no per-parameter state dict was added, replaced or removed since the
+        last eager step (``opt.state[p] = {}``, ``del opt.state[p]``, ``load_state_dict``):
+        two identity passes, no hashing (a tensor's ``__hash__`` is a Python call)."""
+        seen = self.__dict__.get("_state_seen")     # (state, keys, values)
+        state = self.state
+        return (seen is not None and seen[0] is state and len(state) == len(seen[1])
+                and all(map(operator.is_, state, seen[1]))
+                and all(map(operator.is_, state.values(), seen[2])))
+
+    def _traced_plan(self, group):
+        """``_plan`` for a step traced by torch.compile: every check of ``_plan`` and
+        ``_scan``, run while tracing (on values dynamo guards on), no cache."""
+        self._check_group(group)
+        params = [p for p in group["params"] if p.grad is not None]
+        device = params[0].device if params else group["schedule_position"].device
+        lifted = _aids.lifted_dtypes(self)
+        direct = True
+        for p in params:
+            g = p.grad
+            if (_is_dtensor(p) or _is_dtensor(g) or g.is_sparse or p.dtype not in _DTYPES
+                    or g.dtype != p.dtype or g.shape != p.shape or g.device != device
+                    or p.device != device):
+                self._check_param(p, g, device)
+            direct = direct and not _is_dtensor(p) and p.dtype not in lifted
+            state = self.state.get(p)
+            if state:
+                _check_state(p, state, lifted)
+        lr, schedule = self._scheduled_lr(group)
+        return _Plan(group, device, params, _backend.resolve(self.backend, device), lr,
+                     schedule, None, None, direct)
+
+    def _scheduled_lr(self, group):
+        """(lr, schedule) the kernel takes: a host-callable schedule is evaluated here (a
+        host read of the position) and its factor goes into lr."""
+        lr, schedule = group["lr"], group["schedule"]
+        if not isinstance(schedule, S.Schedule):
+            t = int(group["schedule_position"].item())
+            factor = schedule(t)
+            if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)
+                    or not math.isfinite(factor) or factor < 0):
+                raise ValueError(f"schedule callable returned {factor!r} at t={t}; expected "
+                                 f"a finite float >= 0")
+            lr, schedule = float(lr) * float(factor), _UNIT
+        return lr, schedule
 
     def _plan(self, group):
         """Check one group (no writes); return what its launch needs. What passed the
@@ -369,7 +416,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             except Exception:       # a value whose == does not give a bool (an array)
                 same = False
             if not same:
-                memo.launch = None
+                memo.launch = memo.calls = None
                 self._check_group(group)
             memo.remember(group, key)
         params = group["params"]
@@ -377,16 +424,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         ptrs = memo.holds(params, grads)
         if ptrs is None:
             self._scan(memo, group, params, grads)
-        lr, schedule = group["lr"], group["schedule"]
-        if not isinstance(schedule, S.Schedule):      # host callable: evaluated here
-            t = int(group["schedule_position"].item())
-            factor = schedule(t)
-            if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)
-                    or not math.isfinite(factor) or factor < 0):
-                raise ValueError(f"schedule callable returned {factor!r} at t={t}; expected "
-                                 f"a finite float >= 0")
-            lr, schedule = float(lr) * float(factor), _UNIT
-        return _Plan(group, memo.device, memo.live, memo.backend, lr, schedule, memo, ptrs)
+        lr, schedule = self._scheduled_lr(group)
+        return _Plan(group, memo.device, memo.live, memo.backend, lr, schedule, memo, ptrs,
+                     memo.direct)
 
     def _scan(self, memo, group, params, grads):
         """The full check of a group's parameters and grads (C-level passes; the exact
@@ -424,7 +464,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         memo.ptrs = ptrs if plain else None
         memo.backend = _backend.resolve(self.backend, device)
         memo.direct = plain and not set(dtypes) & set(_aids.lifted_dtypes(self))
-        memo.launch = None
+        memo.launch = memo.calls = None
 
     def _check_param(self, p, g, device):
         """Raise the error that fits a parameter and grad that failed the quick test."""
@@ -452,73 +492,50 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameters of one group must be on one device, got "
                              f"{device} and {p.device if p.device != device else g.device}")
 
-    def _launch(self, plan, grad_scale, found_inf, counts=(None, None)):
-        """``counts``: (the count of the last step if no state dict was replaced since, or
-        None; this step's count), for ``GroupTable.matches``."""
-        group, device, params, backend, lr, schedule, memo, ptrs = plan
+    def _launch(self, plan, grad_scale, found_inf, state_same=False):
+        """Create missing state, then one ``torch.ops.fusedsched.<algorithm>_step`` call per
+        dtype of the group's parameters (``kernels/ops.py``). ``state_same``: no
+        per-parameter state dict was replaced since the last eager step
+        (``_state_unchanged``), so the memo's lists may serve."""
+        group, device, params, backend, lr, schedule, memo = plan[:7]
         position = group["schedule_position"]
-        # The position moved to the device, the state keys, the program and (kernel-side
-        # schedule) the kernel arguments follow from the group's values and device: kept
-        # in the memo until _plan sees those change.
-        launch = memo.launch
+        if position.device != device or position.dtype != torch.float64:
+            position = group["schedule_position"] = position.to(device, torch.float64)
+        # The state keys, the program and (kernel-side schedule) the kernel arguments
+        # follow from the group's values and device: kept in the memo until _plan sees
+        # those change.
+        launch = memo.launch if memo else None
         if launch is None or launch[0] is not position:
-            if position.device != device or position.dtype != torch.float64:
-                position = group["schedule_position"] = position.to(device, torch.float64)
             args = self._kernel_args(group, lr) if lr is group["lr"] else None
-            launch = memo.launch = (position, self._state_keys(group),
-                                    S.program(schedule, device), args)
+            launch = (position, self._state_keys(group), S.program(schedule, device), args)
+            if memo:
+                memo.launch = launch
         _, keys, program, args = launch
         if args is None:
             args = self._kernel_args(group, lr)
         grad_scale = _device_scalar(grad_scale, device)
         found_inf = _device_scalar(found_inf, device)
-
-        if backend == "numba":      # cached address tables (kernels/numba/_launch.py)
-            tables = self.__dict__.setdefault("_numba_tables", {})
-            table = tables.get(id(group))
-            if table is not None and table.matches(group, self.state, params, keys, ptrs, counts):
-                table.launch(args, schedule=program, position=position,
-                             grad_scale=grad_scale, found_inf=found_inf)
-                return
-            tables.pop(id(group), None)
-        by_dtype = {}
-        for p in params:
-            state = self.state[p]
-            if "step" not in state:
-                state["step"] = torch.zeros((), dtype=torch.float64, device=device)
-            for key in keys:
-                if key is not None and key not in state:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if key in self._count_restarted_by:
-                        state["step"] = torch.zeros((), dtype=torch.float64, device=device)
-            by_dtype.setdefault(p.dtype, []).append(p)
-        step_fn = _backend.kernel(backend, self.algorithm)
-        if not by_dtype:
+        calls = memo.calls if memo and state_same and plan.ptrs is not None else None
+        if calls is None or not calls.serves(self.state):
+            calls = _Calls(self, params, keys, device)
+            if memo:
+                memo.calls = calls
+        if not calls.lists:
             position.add_(1.0)
             return
-        if (backend == "numba" and len(by_dtype) == 1 and next(iter(by_dtype)) in _REAL_DTYPES
-                and all(p.is_contiguous() and p.grad.is_contiguous() for p in params)):
-            from ..kernels.numba._launch import GroupTable
-            try:
-                table = GroupTable(self.algorithm, group, self.state, params, keys, counts[1])
-            except ValueError:      # a non-contiguous state tensor: the generic path
-                table = None
-            if table is not None:
-                tables[id(group)] = table
-                table.launch(args, schedule=program, position=position,
-                             grad_scale=grad_scale, found_inf=found_inf)
-                return
-        for n, (dtype, ps) in enumerate(by_dtype.items()):
-            staged = _Staged()
-            tensors = [staged(p) for p in ps]
-            grads = [staged(p.grad) for p in ps]
-            states = [None if key is None else [staged(self.state[p][key]) for p in ps]
-                      for key in keys]
-            steps = [self.state[p]["step"] for p in ps]
-            step_fn(tensors, grads, *states, steps, **args,
-                    schedule=program, position=position, grad_scale=grad_scale,
-                    found_inf=found_inf, advance_position=n == len(by_dtype) - 1)
-            staged.write_back()
+        last = len(calls.lists) - 1
+        for n, (ps, states, steps) in enumerate(calls.lists):
+            grads = [p.grad for p in ps]
+            staged = None
+            if not (calls.plain and _contiguous(ps) and _contiguous(grads)):
+                staged = _Staged()
+                ps, grads = [staged(p) for p in ps], [staged(g) for g in grads]
+                states = [None if s is None else [staged(t) for t in s] for s in states]
+            ops.call(self.algorithm, backend, ps, grads, states, steps, args,
+                     schedule=program, position=position, grad_scale=grad_scale,
+                     found_inf=found_inf, advance_position=n == last)
+            if staged is not None:
+                staged.write_back()
 
     # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
     _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
@@ -718,6 +735,48 @@ def _local_shards(opt, params):
                                   DTensor.from_local(value, p.device_mesh, p.placements,
                                                      shape=p.shape, stride=p.stride()))
             local.grad = None
+
+
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+def _contiguous(tensors):
+    return all(map(_is_contiguous, tensors))
+
+
+class _Calls:
+    """The operator calls of one group's step: per dtype, (params, state lists in kernel
+    order, steps), with any missing state created. Kept in the group's memo while the
+    parameters with a grad and every per-parameter state dict are the same objects with
+    the same values (``serves``); the gradients are read at each call."""
+
+    __slots__ = ("lists", "states", "values", "plain")
+
+    def __init__(self, opt, params, keys, device):
+        state = opt.state
+        by_dtype = {}
+        for p in params:
+            s = state[p]
+            if "step" not in s:
+                s["step"] = torch.zeros((), dtype=torch.float64, device=device)
+            for key in keys:
+                if key is not None and key not in s:
+                    s[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if key in opt._count_restarted_by:
+                        s["step"] = torch.zeros((), dtype=torch.float64, device=device)
+            by_dtype.setdefault(p.dtype, []).append(p)
+        self.lists = [(ps, [None if k is None else [state[p][k] for p in ps] for k in keys],
+                       [state[p]["step"] for p in ps]) for ps in by_dtype.values()]
+        self.states = [state[p] for p in params]
+        self.values = list(chain.from_iterable(map(dict.values, self.states)))
+        self.plain = all(dtype in _REAL_DTYPES for dtype in by_dtype) and all(
+            _contiguous(s) for _, lists, _ in self.lists for s in lists if s is not None)
+
+    def serves(self, state):
+        """The per-parameter state dicts and their values are those the lists were made
+        of (``opt.state[p].clear()``, ``opt.state[p]["exp_avg"] = ...`` rebuild them)."""
+        values = list(chain.from_iterable(map(dict.values, self.states)))
+        return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
 
 class _Staged:

@@ -5,7 +5,9 @@ same thing. Every check reads only the group: it writes nothing, so ``step()``,
 
 A 1-element tensor hyperparameter (``lr``, ``momentum``, ``betas``: the ones the kernels
 read on the device) is checked for its shape and dtype; its value is checked when it lives
-on the CPU (reading an accelerator tensor would be a host-device sync on every step).
+on the CPU (reading an accelerator tensor would be a host-device sync on every step), and
+not while torch.compile traces a step (a value read there breaks the graph; the eager
+steps and the constructor check it).
 """
 
 import math
@@ -15,6 +17,13 @@ import torch
 
 from .. import schedules as S
 
+def _read(tensor):
+    """A 1-element tensor's value as a float where reading it is free, else None."""
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return float(tensor.detach().reshape(()))
+
+
 def _number(name, value, what, allow_tensor=True):
     if isinstance(value, torch.Tensor) and allow_tensor:
         if value.numel() != 1:
@@ -23,7 +32,7 @@ def _number(name, value, what, allow_tensor=True):
         if value.is_complex() or not value.is_floating_point():
             raise TypeError(f"Invalid {what}: tensor {name} must be floating point, got "
                             f"dtype {value.dtype}")
-        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
+        return _read(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "a real number or a 1-element float tensor" if allow_tensor else "a real number"
         raise TypeError(f"Invalid {what}: {name} must be {kind}, got {name}={value!r}")
@@ -56,7 +65,7 @@ def flag(name, value):
 def value_of(value):
     """A hyperparameter as a Python float, or None for a tensor not on the CPU."""
     if isinstance(value, torch.Tensor):
-        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
+        return _read(value)
     return float(value)
 
 
@@ -76,8 +85,8 @@ def common(group):
                 or not position.is_floating_point()):
             raise TypeError(f"schedule_position must be a 1-element float tensor, got "
                             f"schedule_position={position!r}")
-        if position.device.type == "cpu":
-            t = float(position.detach().reshape(()))
+        t = _read(position)
+        if t is not None:
             if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t <= 2.0 ** 53):
                 raise ValueError(f"schedule_position must hold an integer in [0, 2**53], "
                                  f"got schedule_position={t!r}")

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
                       lerp, load, make_walk, marker_of, pack, position_at, program_args,
                       read_steps, scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
@@ -239,8 +240,8 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
         return empty_step(schedule, position, advance_position)
     if amsgrad and max_exp_avg_sqs is None:
         raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
-    table, offsets = pack(params, [grads, exp_avgs, exp_avg_sqs,
-                                   max_exp_avg_sqs if amsgrad else None], steps)
+    table, offsets = tables.table(params, grads, [exp_avgs, exp_avg_sqs,
+                                                  max_exp_avg_sqs if amsgrad else None], steps)
     launch(table, offsets, marker_of(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
            weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
            amsgrad=amsgrad, maximize=maximize, schedule=schedule, position=position,

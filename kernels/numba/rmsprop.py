@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
                       lerp, load, make_walk, marker_of, pack, position_at, program_args,
                       scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
@@ -255,8 +256,8 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
         return empty_step(schedule, position, advance_position)
     if centered and grad_avgs is None:
         raise ValueError("numba rmsprop_step: centered needs grad_avgs")
-    table, offsets = pack(params, [grads, square_avgs, grad_avgs if centered else None,
-                                   momentum_buffers], steps)
+    table, offsets = tables.table(params, grads, [square_avgs, grad_avgs if centered else None,
+                                                  momentum_buffers], steps)
     launch(table, offsets, marker_of(params), lr=lr, alpha=alpha, eps=eps,
            weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
            schedule=schedule, position=position, grad_scale=grad_scale, found_inf=found_inf,

@@ -7,6 +7,7 @@ order). The momentum buffer takes the gradient itself on a tensor's first applie
 import numpy as np
 from numba import njit
 
+from . import _launch as tables
 from ._common import (JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
                       load, make_walk, marker_of, pack, position_at, program_args, read_steps,
                       scalar, store, use_pool, view)
@@ -126,7 +127,7 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
         return empty_step(schedule, position, advance_position)
-    table, offsets = pack(params, [grads, momentum_buffers], steps)
+    table, offsets = tables.table(params, grads, [momentum_buffers], steps)
     launch(table, offsets, marker_of(params), lr=lr, momentum=momentum, dampening=dampening,
            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, schedule=schedule,
            position=position, grad_scale=grad_scale, found_inf=found_inf,

@@ -1,0 +1,149 @@
+"""The fused updates as torch operators: ``torch.ops.fusedsched.sgd_step``,
+``rmsprop_step`` and ``adam_step``.
+
+Both eager ``step()`` and a ``torch.compile``'d one reach the kernels through these
+operators, so there is one path. Dynamo and Inductor see an operator that mutates its
+tensor-list arguments in place (the schema's ``(a!)`` annotations) and has a fake
+implementation that does nothing (it returns nothing and changes no metadata): raw
+pointers, numpy and Numba dispatchers are never traced, and the schedule position is a
+tensor argument, so the schedule advancing recompiles nothing.
+
+Each algorithm's call is declared once, in ``SIGNATURES``: its state lists (kernel order)
+and its hyperparameters (name and kind). The operator schema, the packing of a call
+(``call``) and the unpacking inside the operator (``_implementation``) all come from that
+declaration. A hyperparameter of kind ``"scalar"`` may be a Python float or a 0-dim tensor
+(``lr``, momentum, betas): the schema carries it as a float and an optional tensor, the
+tensor winning when given.
+
+Schema (``adam_step``; the others differ in states and hyperparameters)::
+
+    adam_step(Tensor(a0!)[] params, Tensor(a1!)[] grads, Tensor(a2!)[] exp_avgs,
+              Tensor(a3!)[] exp_avg_sqs, Tensor(a4!)[] max_exp_avg_sqs,
+              Tensor(a5!)[] steps, Tensor(a6!) position, Tensor schedule,
+              float lr, Tensor? lr_tensor, float beta1, Tensor? beta1_tensor, ...,
+              float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad,
+              bool maximize, Tensor? grad_scale, Tensor? found_inf,
+              bool advance_position, str backend) -> ()
+
+An empty state list stands for ``None`` (the list is off: no momentum, not centered, no
+amsgrad). ``backend`` names the kernel package that runs the update (``"numba"``: CPU
+tensors, ``"triton"``: CUDA tensors, ``"reference"``: any device); the calling convention
+of those packages is in ``fusedsched.kernels``.
+"""
+
+import importlib
+from typing import NamedTuple
+
+import torch
+
+
+class Signature(NamedTuple):
+    """One algorithm's kernel call: ``states`` in kernel order, ``hyper`` as (name, kind),
+    kind one of ``"scalar"`` (float or 0-dim tensor), ``"float"``, ``"bool"``."""
+    states: tuple
+    hyper: tuple
+
+
+SIGNATURES = {
+    "sgd": Signature(
+        states=("momentum_buffers",),
+        hyper=(("lr", "scalar"), ("momentum", "scalar"), ("dampening", "float"),
+               ("weight_decay", "float"), ("nesterov", "bool"), ("maximize", "bool"))),
+    "rmsprop": Signature(
+        states=("square_avgs", "grad_avgs", "momentum_buffers"),
+        hyper=(("lr", "scalar"), ("alpha", "float"), ("eps", "float"),
+               ("weight_decay", "float"), ("momentum", "scalar"), ("centered", "bool"),
+               ("maximize", "bool"))),
+    "adam": Signature(
+        states=("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+        hyper=(("lr", "scalar"), ("beta1", "scalar"), ("beta2", "scalar"), ("eps", "float"),
+               ("weight_decay", "float"), ("decoupled_weight_decay", "bool"),
+               ("amsgrad", "bool"), ("maximize", "bool"))),
+}
+
+BACKENDS = ("reference", "numba", "triton")
+_LIBRARY = torch.library.Library("fusedsched", "DEF")
+
+
+def _schema(algorithm, signature):
+    lists = ("params", "grads") + signature.states + ("steps",)
+    args = [f"Tensor(a{i}!)[] {name}" for i, name in enumerate(lists)]
+    args += [f"Tensor(a{len(lists)}!) position", "Tensor schedule"]
+    for name, kind in signature.hyper:
+        if kind == "scalar":
+            args += [f"float {name}", f"Tensor? {name}_tensor"]
+        else:
+            args.append(f"{kind} {name}")
+    args += ["Tensor? grad_scale", "Tensor? found_inf", "bool advance_position", "str backend"]
+    return f"{algorithm}_step({', '.join(args)}) -> ()"
+
+
+def _kernel(backend, algorithm):
+    if backend not in BACKENDS:
+        raise ValueError(f"fusedsched::{algorithm}_step: backend={backend!r}; expected one "
+                         f"of {BACKENDS}")
+    module = importlib.import_module(f"fusedsched.kernels.{backend}.{algorithm}")
+    return getattr(module, f"{algorithm}_step")
+
+
+def _implementation(algorithm, signature):
+    n_states = len(signature.states)
+
+    def run(params, grads, *args):
+        states = [lst if lst or not params else None for lst in args[:n_states]]
+        steps, position, schedule = args[n_states:n_states + 3]
+        values = iter(args[n_states + 3:])
+        hyper = {}
+        for name, kind in signature.hyper:
+            value = next(values)
+            if kind == "scalar":
+                tensor = next(values)
+                value = value if tensor is None else tensor
+            hyper[name] = value
+        grad_scale, found_inf, advance_position, backend = values
+        _kernel(backend, algorithm)(
+            params, grads, *states, steps, **hyper, schedule=schedule, position=position,
+            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
+
+    run.__name__ = f"{algorithm}_step"
+    return run
+
+
+def _fake(*args):
+    """Shapes, dtypes and strides are unchanged: every output is an input, written in
+    place."""
+    return None
+
+
+for _algorithm, _signature in SIGNATURES.items():
+    _LIBRARY.define(_schema(_algorithm, _signature))
+    # One Python implementation for every device: it dispatches on ``backend``, which the
+    # optimizer resolved for the tensors' device. CompositeExplicitAutograd: the optimizer
+    # steps under no_grad, and the dispatcher then goes straight to it.
+    _LIBRARY.impl(f"{_algorithm}_step", _implementation(_algorithm, _signature),
+                  "CompositeExplicitAutograd")
+    torch.library.register_fake(f"fusedsched::{_algorithm}_step", _fake, lib=_LIBRARY)
+
+
+def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, position,
+         grad_scale=None, found_inf=None, advance_position=True):
+    """Run ``torch.ops.fusedsched.<algorithm>_step`` with its arguments packed from the
+    declaration: ``states`` a list in ``SIGNATURES[algorithm].states`` order (None for a
+    list that is off), ``hyper`` a dict of the declared hyperparameters."""
+    signature = SIGNATURES[algorithm]
+    args = [params, grads, *[[] if s is None else s for s in states], steps, position,
+            schedule]
+    for name, kind in signature.hyper:
+        value = hyper[name]
+        if kind == "scalar":
+            if isinstance(value, torch.Tensor):
+                args += [0.0, value]
+            else:
+                args += [float(value), None]
+        else:
+            args.append(value)
+    args += [grad_scale, found_inf, advance_position, backend]
+    return OPS[algorithm](*args)
+
+
+OPS = {name: getattr(torch.ops.fusedsched, f"{name}_step").default for name in SIGNATURES}
