@@ -129,7 +129,7 @@ def test_cli_smoke(tmp_path):
 
 
 def test_torch_nan_is_not_fusedsched_failure():
-    """Each provider steps its own parameters: a torch path's NaN (case C9, C14) is
+    """Each provider steps its own parameters: a torch path's NaN (FastNN#12, optax#1754) is
     reported as its own and does not mark fusedsched's run non-finite."""
     wl = B.Workload("a", "adam", "float32", [(10,)])
     times = {"roof": [1e-3], "loop": [2e-3], "fusedsched": [1e-3]}

@@ -318,7 +318,7 @@ def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_step
     roof = Roof(wl.shapes, dtype, wl.columns)
     names = [p for p in providers if p != "roof"]
     # Each provider steps its own copy of the same parameters and grads (same seed), so
-    # that a provider's NaN (torch's centered RMSprop, case C9; its fp16 for-loop, C14)
+    # that a provider's NaN (torch's centered RMSprop, FastNN#12; its fp16 for-loop, optax#1754)
     # is its own. One group if every provider's tensors fit in half the free memory, else
     # one by one.
     need = ((_state_bytes_per_provider(wl) + 2 * wl.numel * wl.itemsize) * len(names)

@@ -43,7 +43,7 @@ LR_TOL = 1e-12
 # may order or contract the fused operations differently from torch's for-loop AdamW). Each
 # step can differ by an ulp (~1e-9 on these weights); the smooth (GELU), full-batch training
 # carries that to a few 1e-7 after 300 steps, which is also how far torch's own fused=True
-# AdamW ends from its for-loop on the same run (the "yardstick", DESIGN 5.4). 1e-5 is 25x
+# AdamW ends from its for-loop on the same run (the fp32 "yardstick", docs/design.md). 1e-5 is 25x
 # that and far below any real bug (a wrong bias correction, eps or lr moves weights by
 # >= 1e-3). The check allows max(PARAM_TOL, 10 x yardstick): when the run itself amplifies
 # rounding more (other --seed/--steps), torch's two paths drift apart by as much.
@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_a, a, schedule = run_fusedsched(init, data, steps, warmup)
     model_b, b = run_torch(init, data, steps, warmup)
-    try:  # yardstick (DESIGN 5.4): how far torch's own fused kernel is from its for-loop
+    try:  # the fp32 yardstick: how far torch's own fused kernel is from its for-loop
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model_c, _ = run_torch(init, data, steps, warmup, fused=True)
