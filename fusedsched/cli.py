@@ -41,7 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aot": (
         "fusedsched.aot",
         "compile every Triton kernel variant ahead of time for sm_80/sm_90 (no GPU needed) "
-        "and check registers, spills and load widths; exit 1 if a goal is missed",
+        "and check registers, spills and load widths; exit 1 if a variant spills, takes more "
+        "than 64 registers or loads fp32 in less than 128 bits",
     ),
 }
 
