@@ -9,8 +9,14 @@ dtype, arch, n_regs, n_spills (local bytes per thread), max_load_bits. Goals: no
 most 64 registers, 128-bit loads for fp32. The exit status is 1 when a goal is missed.
 
 The work is in ``fusedsched.kernels.triton.aot``; compiles run in a process pool
-(``--jobs``), and Triton's cache (``--cache-dir`` or ``TRITON_CACHE_DIR``) makes a repeated
-run take seconds.
+(``--jobs``), and Triton's cache makes a repeated run take seconds. Progress (one step per
+variant, with an estimate of the time left) goes to stderr: a rich progress bar on a
+terminal, one line per variant otherwise.
+
+What it writes: only Triton's cache, in ``--cache-dir DIR`` when given (it sets
+``TRITON_CACHE_DIR``), else ``$TRITON_CACHE_DIR``, else Triton's default
+``~/.triton/cache``; the command prints the folder before it starts. (Each cubin is also
+written to a temporary file for ``cuobjdump`` and removed at once.)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -35,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most this many flag combinations per optimizer (quick checks)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="compile processes (default: the number of CPUs)")
-    parser.add_argument("--cache-dir", default=None,
-                        help="Triton cache directory to use and keep (sets TRITON_CACHE_DIR)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="Triton cache folder to write and keep (sets TRITON_CACHE_DIR; "
+                        "default: $TRITON_CACHE_DIR, else ~/.triton/cache)")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -56,7 +64,76 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def triton_cache_dir() -> str:
+    """The folder Triton's compiler cache writes to in this process."""
+    if os.environ.get("TRITON_CACHE_DIR"):
+        return os.environ["TRITON_CACHE_DIR"]
+    try:
+        from triton import knobs
+        return str(knobs.cache.dir)
+    except (ImportError, AttributeError):     # older triton: its documented default
+        return os.path.join(os.path.expanduser("~"), ".triton", "cache")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _variant_name(row: dict) -> str:
+    return f"{row['optimizer']}/{row['variant']}/{row['dtype']}"
+
+
+class _Progress:
+    """Per-variant progress on stderr, with an estimate of the time left: a rich progress
+    bar on a terminal, else one line per variant."""
+
+    def __init__(self, total: int, console):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.bar = self.task = None
+        if console is not None and console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = Progress(TextColumn("{task.description:<38.38}"), BarColumn(20),
+                                MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("left"), TimeRemainingColumn(), console=console)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("compiling", total=self.total)
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+    def __call__(self, row: dict) -> None:
+        self.done += 1
+        what = (f"{_variant_name(row)} {row['arch']}: {row['n_regs']} registers, "
+                f"{row['n_spills']} B spilled")
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1,
+                            description=f"{row['optimizer']} {row['dtype']} {row['variant']}")
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        print(f"[aot] {self.done}/{self.total} {what} ({_duration(elapsed)} elapsed, about "
+              f"{_duration(left)} left)", file=sys.stderr, flush=True)
+
+
 def print_report(console, rows, goal_list, wall_s) -> None:
+    if console is None:               # without rich: the same numbers as plain lines
+        print(f"Triton kernels compiled ahead of time ({len(rows)} variants, {wall_s:.0f} s)")
+        for s in summarize(rows):
+            print(f"  {s['optimizer']:<8} {s['dtype']:<5} {s['arch']}: {s['variants']} "
+                  f"variants, registers {s['regs_min']}-{s['regs_max']}, spills "
+                  f"{s['spills_max']} B, max load bits {s['load_bits_min']}-"
+                  f"{s['load_bits_max']}")
+        for name, ok, detail in goal_list:
+            print(f"  {'ok' if ok else 'MISSED'}  {name}: {detail}")
+        return
     from rich.table import Table
     table = Table(title=f"Triton kernels compiled ahead of time ({len(rows)} variants, "
                         f"{wall_s:.0f} s)")
@@ -77,36 +154,70 @@ def print_report(console, rows, goal_list, wall_s) -> None:
         console.print(f"  {mark}  {name}: {detail}")
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line that repeats ``args``."""
+    argv = ["--arch", args.arch] + (["--json"] if args.json else [])
+    for opt in args.optimizer or []:
+        argv += ["--optimizer", opt]
+    for dt in args.dtype or []:
+        argv += ["--dtype", dt]
+    for flag, value in (("--limit", args.limit), ("--jobs", args.jobs),
+                        ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def run(args: argparse.Namespace) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        # Compiling needs Triton's compiled mode, fixed when triton is imported: run this
+        # command in a child without the variable (its progress and report pass through),
+        # leaving this process as it is.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        return subprocess.run([sys.executable, "-m", "fusedsched", "aot", *_argv(args)],
+                              env=env).returncode
+    saved = os.environ.get("TRITON_CACHE_DIR")
     if args.cache_dir:
         os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
-    from rich.console import Console
+    try:
+        return _run(args)
+    finally:        # an in-process caller keeps its own setting
+        if saved is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = saved
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        from rich.console import Console
+    except ImportError:          # rich is in the dev extra: plain lines instead
+        Console = None
 
     from .kernels.triton import aot
 
-    console = Console(stderr=args.json)
+    console = Console() if Console else None             # the report (stdout)
+    err = Console(stderr=True) if Console else None       # where it writes, progress
+    jobs = aot.jobs_for(args.arch, args.optimizer, args.dtype, args.limit)
+    workers = max(1, min(len(jobs), args.jobs or os.cpu_count() or 1))
+    cache = triton_cache_dir()
+    print(f"fusedsched aot: compiling {len(jobs)} Triton kernel variant(s) for {args.arch} "
+          f"in {workers} process(es). Writes only Triton's cache: {cache}", file=sys.stderr,
+          flush=True)
     t0 = time.perf_counter()
-    done = [0]
-    n_jobs = len(aot.jobs_for(args.arch, args.optimizer, args.dtype, args.limit))
-
-    def progress(row):
-        done[0] += 1
-        if not args.json and sys.stderr.isatty():
-            print(f"\r{done[0]}/{n_jobs} compiled", end="", file=sys.stderr, flush=True)
-
     try:
-        rows = aot.compile_variants(args.arch, args.optimizer, args.dtype, args.limit,
-                                    args.jobs, progress)
+        with _Progress(len(jobs), err) as progress:
+            rows = aot.compile_variants(args.arch, args.optimizer, args.dtype, args.limit,
+                                        args.jobs, progress)
     except FileNotFoundError as e:   # no ptxas / cuobjdump in this triton install
-        console.print(f"[red]aot: {e}[/red]")
+        print(f"fusedsched aot: {e}", file=sys.stderr)
         return 2
-    if done[0] and not args.json and sys.stderr.isatty():
-        print(file=sys.stderr)
     wall_s = time.perf_counter() - t0
     goal_list = aot.goals(rows)
     ok = all(g[1] for g in goal_list)
     if args.json:
         json.dump({"arch": args.arch, "wall_s": round(wall_s, 1), "ok": ok,
+                   "triton_cache_dir": cache,
                    "goals": [{"goal": n, "ok": o, "detail": d} for n, o, d in goal_list],
                    "summary": summarize(rows), "rows": rows}, sys.stdout, indent=1)
         print()

@@ -18,7 +18,7 @@ The oracle of each dtype:
   bit, and so does Numba with ``FUSEDSCHED_SQRT=torch``; Numba's default IEEE square roots
   and a GPU's order of operations may differ by an ulp per step).
 * float16 and bfloat16: fusedsched does the math in float32 (as torch's fused kernels do,
-  unlike its for-loop, whose eps underflows in float16: case C14), so the oracle is torch's
+  unlike its for-loop, whose eps underflows in float16: optax#1754), so the oracle is torch's
   for-loop in float32 on the same values; the tolerance is ``(4 + steps / 2) * eps(dtype)``
   for the rounding of parameters and state to the storage dtype after every step
   (measured: at most 4 eps after 30 updates, on every optimizer and backend).

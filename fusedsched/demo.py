@@ -19,7 +19,9 @@ at t=0, and ``LinearLR`` from 1/W over the W-1 next steps gives exactly t/W.
 It prints a table (final train loss, test accuracy, optimizer time per step), the largest
 per-step lr difference and the largest parameter difference between the runs, writes
 ``OUT/demo.png`` (loss and lr curves of both runs) and ``OUT/demo.json`` (the numbers), and
-exits with status 1 when the runs disagree beyond the tolerances below.
+exits with status 1 when the runs disagree beyond the tolerances below, 2 on a bad argument
+or when scikit-learn, matplotlib or rich (the ``dev`` extra) is missing: checked before any
+training, with a message saying so.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ LR_TOL = 1e-12
 # may order or contract the fused operations differently from torch's for-loop AdamW). Each
 # step can differ by an ulp (~1e-9 on these weights); the smooth (GELU), full-batch training
 # carries that to a few 1e-7 after 300 steps, which is also how far torch's own fused=True
-# AdamW ends from its for-loop on the same run (the "yardstick", DESIGN 5.4). 1e-5 is 25x
+# AdamW ends from its for-loop on the same run (the fp32 "yardstick", docs/design.md). 1e-5 is 25x
 # that and far below any real bug (a wrong bias correction, eps or lr moves weights by
 # >= 1e-3). The check allows max(PARAM_TOL, 10 x yardstick): when the run itself amplifies
 # rounding more (other --seed/--steps), torch's two paths drift apart by as much.
@@ -281,19 +283,48 @@ def report(console, a, b, yard, d_lr, d_param, param_tol, d_loss, steps, ok) -> 
                   "[bold red]FAIL[/]: the two runs disagree beyond tolerance")
 
 
+# What the demo imports beyond fusedsched's own dependencies: (module, distribution). All of
+# them come with the ``dev`` extra.
+REQUIREMENTS = (("sklearn.datasets", "scikit-learn"), ("sklearn.model_selection", "scikit-learn"),
+                ("sklearn.preprocessing", "scikit-learn"), ("matplotlib.figure", "matplotlib"),
+                ("rich.console", "rich"), ("rich.table", "rich"))
+
+
+def missing_requirements() -> list[str]:
+    """The distributions of :data:`REQUIREMENTS` that cannot be imported (in order, once)."""
+    missing = []
+    for module, dist in REQUIREMENTS:
+        try:
+            __import__(module)
+        except ImportError:
+            if dist not in missing:
+                missing.append(dist)
+    return missing
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    steps = args.steps
+    warmup = steps // 10 if args.warmup is None else args.warmup
+    if steps < 2:
+        print(f"fusedsched demo: --steps must be >= 2, got {steps}", file=sys.stderr)
+        return 2
+    if not 0 <= warmup < steps:
+        print(f"fusedsched demo: --warmup must be in [0, {steps}), got {warmup}",
+              file=sys.stderr)
+        return 2
+    # Before any training: everything the demo needs must import.
+    missing = missing_requirements()
+    if missing:
+        print(f"fusedsched demo needs {', '.join(missing)}, which cannot be imported here. "
+              'Install the dev extra: pip install "fusedsched[dev]"', file=sys.stderr)
+        return 2
+
     import torch
     from rich.console import Console
 
     console = Console()
-    steps = args.steps
-    warmup = steps // 10 if args.warmup is None else args.warmup
-    if steps < 2:
-        console.print(f"[red]--steps must be >= 2, got {steps}[/]")
-        return 2
-    if not 0 <= warmup < steps:
-        console.print(f"[red]--warmup must be in [0, {steps}), got {warmup}[/]")
-        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -308,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_a, a, schedule = run_fusedsched(init, data, steps, warmup)
     model_b, b = run_torch(init, data, steps, warmup)
-    try:  # yardstick (DESIGN 5.4): how far torch's own fused kernel is from its for-loop
+    try:  # the fp32 yardstick: how far torch's own fused kernel is from its for-loop
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model_c, _ = run_torch(init, data, steps, warmup, fused=True)

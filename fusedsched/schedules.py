@@ -518,7 +518,7 @@ def program(schedule, device):
 
 
 # --------------------------------------------------------------------------------------------
-# Constructors (the public API, DESIGN section 3)
+# Constructors (the public API)
 
 
 def constant(factor=1.0):
@@ -707,7 +707,7 @@ def warmup_stable_decay(warmup_steps, stable_steps, decay_steps, decay="linear",
     ``end + (1 - end) * law``; ``end_factor`` after. transformers' ``get_wsd_schedule``
     (min_lr_ratio = end_factor, num_cycles 0.5). With ``decay_steps == 0`` the factor is 1 up
     to and including ``t = W + S`` and ``end_factor`` after (transformers drops to
-    min_lr_ratio at ``W + S``, so ``W=100, S=0, D=0`` never reaches 1: case C6).
+    min_lr_ratio at ``W + S``, so ``W=100, S=0, D=0`` never reaches 1: transformers#47285).
 
     Raises ValueError: step counts not non-negative ints; decay; factors negative / NaN /
     inf.

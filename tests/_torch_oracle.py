@@ -1,5 +1,5 @@
 """Drive torch.optim (+ LambdaLR or the matching torch scheduler) and fusedsched side by
-side on the same parameters and gradients: the oracle of DESIGN section 5, step 2."""
+side on the same parameters and gradients: step 2 of the oracle chain in docs/design.md."""
 
 import contextlib
 

@@ -1,6 +1,23 @@
-"""The optimizer cases of shared/cases/public.md (C5, C7–C16), each with its value, on
-every backend (Triton interpreted on CPU tensors). The schedule cases (C1–C4, C6) are in
-test_schedules.py."""
+"""Optimizer cases taken from public bug reports, each with its value, on every backend
+(Triton interpreted on CPU tensors). The ids are those of docs/design.md ("Cases from public
+reports"); the schedule cases C1-C4 and C6 are in test_schedules.py. Here:
+
+- C5 warmup from zero (google-research/big_transfer#58, google-research/bert#1293): an
+  update with lr 0 leaves p unchanged but counts (step, exp_avg); weight decay with lr 0.
+- C7 amsgrad keeps the running maximum of exp_avg_sq (pytorch/pytorch#78807).
+- C8 an empty parameter anywhere in a group, every optimizer (NVIDIA/TransformerEngine#3207,
+  pytorch/pytorch#100811).
+- C9 centered RMSprop whose variance cancels below zero: no NaN (FastNN#12).
+- C10 complex parameters: Adam equals Adam on view_as_real (pytorch/pytorch#59998).
+- C11 maximize with weight decay, SGD/momentum/Adam/AdamW (pytorch/pytorch#149476).
+- C12 a parameter whose grad is None on some steps keeps its own step count
+  (InfiniTrain#235, DeepSpeed#8471).
+- C13 found_inf skips the update, grad_scale unscales; a skipped first momentum step
+  leaves no buffer (pytorch/pytorch#95781; LibreYOLO PR 771).
+- C14 fp16/bf16 parameters with a zero gradient stay finite (google-deepmind/optax#1754).
+- C15 lr given as a tensor, updated in place by a torch scheduler (pytorch/pytorch#145461).
+- C16 Nesterov and dampening values; invalid combinations raise (ml-explore/mlx#473).
+"""
 
 import math
 

@@ -1,6 +1,7 @@
 """AMP: torch.amp.GradScaler hands grad_scale and found_inf to step() (our optimizers set
 ``_step_supports_amp_scaling``); the kernels unscale in place and, on found_inf, write
-nothing while the schedule position still advances (DESIGN section 2, case C13)."""
+nothing while the schedule position still advances (docs/design.md; C13 there:
+pytorch/pytorch#95781)."""
 
 import pytest
 import torch

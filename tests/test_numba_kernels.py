@@ -1,4 +1,4 @@
-"""Numba CPU kernels against the pure-torch reference backend (DESIGN section 5, step 3).
+"""Numba CPU kernels against the pure-torch reference backend (docs/design.md, oracle step 3).
 
 Every step of a run starts the two backends from identical tensors (the reference copies
 the Numba result after each comparison), and each step must agree bit for bit in every

@@ -1,4 +1,16 @@
-"""Schedules: hand values, public cases, torch's schedulers, the reference evaluator, specs."""
+"""Schedules: hand values, public cases, torch's schedulers, the reference evaluator, specs.
+
+The public cases (ids of docs/design.md, "Cases from public reports"):
+
+- C1 one_cycle ends exactly at its minimum and holds it after total_steps
+  (pytorch/pytorch#91765).
+- C2 sequential composition does not multiply its children (pytorch/pytorch#82684).
+- C3 a milestone at 0 switches the first schedule off (pytorch/pytorch#185872).
+- C4 cyclic triangular2 survives long runs; every schedule finite at huge t
+  (pytorch/pytorch#52989).
+- C6 zero-length warmup_stable_decay phases (pytorch/torchtitan#1010,
+  huggingface/transformers#47285).
+"""
 
 import io
 import math

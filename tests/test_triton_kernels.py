@@ -1,5 +1,5 @@
 """Triton backend (interpreted on CPU tensors) against the reference backend, and the
-schedule evaluator against ``fusedsched.schedules`` (DESIGN section 5, step 3).
+schedule evaluator against ``fusedsched.schedules`` (docs/design.md, oracle step 3).
 
 TRITON_INTERPRET must be set before triton is imported; if another test module imported
 triton first without it, ``@triton.jit`` made compiled-mode functions and these tests skip

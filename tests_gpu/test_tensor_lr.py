@@ -1,5 +1,5 @@
 """A tensor lr updated in place (what a torch scheduler does to a tensor lr) is read by
-the kernel on the GPU without a host sync (case C15). Run by bench/gpu.sh."""
+the kernel on the GPU without a host sync (pytorch/pytorch#145461). Run by bench/gpu.sh."""
 
 import torch
 

@@ -54,13 +54,18 @@ _resolved = {}
 
 @torch.compiler.assume_constant_result
 def _resolve(requested, device):
+    source = f"backend={requested!r}"
     if requested == "auto":
-        requested = check_name(os.environ.get("FUSEDSCHED_BACKEND", "auto") or "auto")
+        env = os.environ.get("FUSEDSCHED_BACKEND", "")
+        if env not in ("", "auto"):
+            if env not in BACKENDS:
+                raise ValueError(f"Invalid environment variable FUSEDSCHED_BACKEND={env!r}; "
+                                 f"expected one of {BACKENDS} (or unset it)")
+            requested, source = env, f"FUSEDSCHED_BACKEND={env!r} (environment variable)"
     if requested != "auto":
         ok, why = _can_serve(requested, device.type)
         if not ok:
-            raise ValueError(f"backend={requested!r} cannot serve tensors on device "
-                             f"{device}: {why}")
+            raise ValueError(f"{source} cannot serve tensors on device {device}: {why}")
         return requested
     preferred = {"cuda": "triton", "cpu": "numba"}.get(device.type, "reference")
     if preferred != "reference":

@@ -346,8 +346,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._state_seen = (self.state, list(self.state), list(self.state.values()))
         if fresh and bool(found_inf.reshape(())):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
-            # leaves an uninitialised one). One host read of found_inf, only on a step
-            # that created buffers.
+            # leaves an uninitialised one: LibreYOLO PR 771). One host read of found_inf,
+            # only on a step that created buffers.
             for p in fresh:     # a new dict, not a pop: launch caches hold the old one
                 self.state[p] = {k: v for k, v in self.state[p].items()
                                  if k != "momentum_buffer"}

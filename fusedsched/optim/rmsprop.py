@@ -11,7 +11,7 @@ class RMSprop(FusedOptimizer):
     Matches ``torch.optim.RMSprop`` (``_single_tensor_rmsprop``) with one deliberate
     deviation: with ``centered=True`` the variance ``square_avg - grad_avg**2`` is clamped
     at 0 before the square root; torch's rounding can make it negative and return NaN
-    (public case C9: grad 3.0 for 133 updates).
+    (reported in FastNN#12: grad 3.0 for 133 updates).
 
     Args:
         params: iterable of tensors or param-group dicts (float16, bfloat16, float32,

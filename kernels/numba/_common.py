@@ -128,7 +128,7 @@ def lerp(start, end, w, one_m_w, small_w):
 #
 # * "ieee" (the default): ``math.sqrt``, correctly rounded, vectorised in the update's one
 #   loop (vsqrtps). torch's ``fused=True`` CPU kernels take IEEE square roots too, so the
-#   fp32 distance from torch's for-loop is the same as torch fused's (DESIGN 5.4).
+#   fp32 distance from torch's for-loop is the same as torch fused's (the fp32 yardstick).
 # * "torch": bit-identical to torch's for-loop optimizers. torch's CPU ``Tensor.sqrt()`` of
 #   a contiguous float32/float64 tensor is MKL's vector sqrt (ATen/cpu/vml.h: vmsSqrt /
 #   vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE), which is not correctly

@@ -1,7 +1,7 @@
 """RMSprop update, Numba CPU kernel: one parallel compiled call per step for the whole
 tensor list (see ``kernels/reference/rmsprop.py`` for the math, in the same operation
 order). Deliberate deviation from torch, as in the reference: the centered variance
-``square_avg - grad_avg**2`` is clamped at 0 before the square root (case C9).
+``square_avg - grad_avg**2`` is clamped at 0 before the square root (FastNN#12).
 """
 
 import math
@@ -42,7 +42,7 @@ def _ol_averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd, si
 
 def _centered(gavg, j, gj, sqj, one_m_alpha, one_m_w, small_w, zero):
     """``grad_avg`` at ``j`` updated and written; returns the variance
-    ``square_avg - grad_avg**2`` clamped at 0 (case C9)."""
+    ``square_avg - grad_avg**2`` clamped at 0 (FastNN#12)."""
 
 
 @overload(_centered)

@@ -22,7 +22,7 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 math for fp64 tensors, fp32 math for fp32, fp16 and bf16 (DESIGN section 2)."""
+    """fp64 math for fp64 tensors, fp32 math for fp32, fp16 and bf16 (docs/design.md)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

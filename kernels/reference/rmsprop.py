@@ -4,7 +4,7 @@ Operation order of torch's ``_single_tensor_rmsprop`` (torch/optim/rmsprop.py; H
 lecture 6e, centered form from Graves 2013), with ``lr`` replaced by ``lr * f(t)`` and
 ``momentum`` by the schedule's when it cycles it. One deliberate deviation: the centered
 variance ``square_avg - grad_avg**2`` is clamped at 0 before the square root, where
-torch's rounding can make it negative and produce NaN (case C9).
+torch's rounding can make it negative and produce NaN (FastNN#12).
 """
 
 import torch

@@ -3,7 +3,7 @@
 Operation order of ``kernels/reference/rmsprop.py`` (torch's ``_single_tensor_rmsprop``):
 maximize negates the (unscaled) grad; grad = fma(p, wd, grad) (wd != 0); square_avg =
 fma((1-alpha)*g, g, a*alpha); centered: grad_avg lerp, variance fma(-ga, ga, sq) clamped
-at 0 before sqrt (case C9: torch
+at 0 before sqrt (FastNN#12: torch
 gives NaN when E[g^2] - E[g]^2 rounds below zero; a deliberate deviation); avg = sqrt + eps;
 momentum: buf = m*buf + g/avg (the buffer is read as 0 on the first update, torch zero-inits
 it), p = fma(buf, -lr_t, p); else p += (-lr_t)*g/avg. Each fma is rounded once, as the

@@ -171,7 +171,7 @@ def evaluate(program_ptr, n_nodes, t):
         rise = tl.where(a2 > 0, x / tl.where(a2 > 0, a2, 1.0), one)
         scale = tl.where(x <= a2, rise, (x - 1.0) / tl.where(a2 < 1.0, a2 - 1.0, -1.0))
         # triangular2: 0.5**(cycle-1) underflows to 0 where torch's 1/2.0**(cycle-1)
-        # overflows (pytorch#52989, case C4).
+        # overflows (pytorch/pytorch#52989).
         sf = tl.where(a4 == 0, one, tl.where(a4 == 1, _pow(one * 0.5, cycle - 1.0), _pow(a5, t)))
         factor = a3 + (1.0 - a3) * scale * sf
         mom = a8 - (a8 - a7) * scale * sf
@@ -188,6 +188,6 @@ def evaluate(program_ptr, n_nodes, t):
                        tl.where(a4 == 1, 0.5 * (1.0 + tl.cos(3.141592653589793 * p)), 1.0 - tl.sqrt(tl.maximum(p, 0.0))))
         decay = a5 + (1.0 - a5) * law
         warm = a6 + (1.0 - a6) * (t / tl.where(a1 > 0, a1, 1.0))
-        # t == W+S gives 1 also when D == 0 (1 is reached before the drop, case C6)
+        # t == W+S gives 1 also when D == 0 (1 is reached before the drop, torchtitan#1010)
         factor = tl.where(t < a1, warm, tl.where(t <= d0, one, tl.where(t < d0 + a3, decay, a5)))
     return factor, mom, has_m

@@ -1,0 +1,314 @@
+"""The command line's edges: --version, a fast help that never imports torch (and a lazy
+``import fusedsched``), bench's argument and validity errors, demo's dependency check, aot's
+progress and cache folder, and the FUSEDSCHED_BACKEND error."""
+
+from __future__ import annotations
+
+import builtins
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fusedsched
+from fusedsched import bench as B
+from fusedsched.cli import COMMANDS, main
+
+
+def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+# ------------------------------------------------------------------------------ --version
+
+def test_version_flag_and_attribute():
+    r = subprocess.run([sys.executable, "-m", "fusedsched", "--version"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"fusedsched {fusedsched.__version__}"
+    assert fusedsched.__version__ == importlib.metadata.version("fusedsched")
+
+
+def test_version_falls_back_when_not_installed():
+    r = _python("""
+        import importlib.metadata as m
+        def missing(name):
+            raise m.PackageNotFoundError(name)
+        m.version = missing
+        import fusedsched
+        print(fusedsched.__version__)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0.1.0"
+
+
+# --------------------------------------------------------------- no torch for help/errors
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """Help, --version and argument errors are answered without importing torch (or numpy,
+    numba, triton): ``sys.modules`` after each, in a fresh interpreter."""
+    r = _python("""
+        import json, sys
+        from fusedsched.cli import main
+        heavy = ("torch", "numpy", "numba", "triton", "sklearn", "matplotlib")
+        out = {}
+        for argv in (["--help"], ["--version"], [], ["nosuch"], ["demo", "--help"],
+                     ["bench", "--help"], ["check", "--help"], ["aot", "--help"],
+                     ["bench", "--rounds", "x"], ["aot", "--arch", "sm_1"],
+                     ["bench", "--only", "nosuch"], ["bench", "--remeasure", "-1"],
+                     ["demo", "--steps", "1"], ["demo", "--steps", "5", "--warmup", "9"]):
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+            loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+            out[" ".join(argv)] = [code, loaded[:5]]
+        print("RESULT " + json.dumps(out))
+    """)
+    assert r.returncode == 0, r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    out = json.loads(line[len("RESULT "):])
+    for argv, (code, loaded) in out.items():
+        assert loaded == [], (argv, loaded)
+        want = 0 if argv in ("--help", "--version") or argv.endswith("--help") else 2
+        assert code == want, (argv, code)
+
+
+def test_python_m_help_importtime_has_no_torch():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "fusedsched", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    modules = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert "fusedsched.cli" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "numpy", "numba")}
+    for name in COMMANDS:
+        assert name in r.stdout
+
+
+def test_import_fusedsched_is_lazy_and_complete():
+    r = _python("""
+        import sys
+        import fusedsched
+        assert "torch" not in sys.modules, "import fusedsched imported torch"
+        assert set(fusedsched.__all__) <= set(dir(fusedsched))
+        assert {"kernels", "optim", "__version__"} <= set(dir(fusedsched))
+        import fusedsched.optim as optim
+        for name in ("SGD", "Momentum", "RMSprop", "Adam", "AdamW"):
+            assert getattr(fusedsched, name) is getattr(optim, name)
+        from fusedsched import schedules as S
+        assert fusedsched.schedules is S and S.cosine(10)(0) == 1.0
+        from fusedsched import AdamW
+        assert AdamW is optim.AdamW
+        assert fusedsched.kernels.schedule_encoding.NODE_SIZE > 0
+        import fusedsched.kernels.numba as kn
+        assert kn.sqrt_mode() in ("ieee", "torch")
+        ns = {}
+        exec("from fusedsched import *", ns)
+        assert set(fusedsched.__all__) <= set(ns)
+        try:
+            fusedsched.no_such_thing
+        except AttributeError as e:
+            assert "no_such_thing" in str(e)
+        else:
+            raise AssertionError("no AttributeError")
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+# -------------------------------------------------------------------------------- bench
+
+@pytest.mark.parametrize("extra", [[], ["--quick"], ["--device", "cuda"]])
+def test_bench_only_unknown_is_an_error_listing_valid_names(extra, capsys, tmp_path):
+    rc = main(["bench", "--only", "nosuch", "--only", "1000x1k", "--out",
+               str(tmp_path / "b"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'nosuch'" in err and "'1000x1k'" not in err
+    names = (B.cuda_workloads if "cuda" in extra else B.make_workloads)("--quick" in extra)
+    for w in names:
+        assert w.name in err
+    assert not (tmp_path / "b").exists()
+
+
+def _record(roof_ms: float, fs_ms: float = 1.0) -> dict:
+    wl = B.Workload("adam float32 host 1x1k", "adam", "float32", [(1024,)], "host")
+    times = {"roof": [roof_ms * 1e-3], "loop": [5e-3], "foreach": [4e-3], "fused": [3e-3],
+             "fusedsched": [fs_ms * 1e-3]}
+    return B.summarize(wl, times, {}, {n: True for n in times if n != "roof"}, False)
+
+
+def test_roof_violations():
+    assert B.roof_violations(_record(0.5)) == []
+    assert B.roof_violations(_record(1.0 * (1 + B.ROOF_TOLERANCE) * 0.999)) == []
+    assert B.roof_violations(_record(2.0)) == ["fusedsched"]
+    assert B.roof_violations(_record(6.0)) == ["loop", "foreach", "fused", "fusedsched"]
+
+
+@pytest.mark.parametrize("remeasure, roofs, rc, calls", [
+    (2, [2.0, 2.0, 2.0, 0.5], 1, 3),     # still slower after 2 re-measurements: not valid
+    (0, [2.0, 0.5], 1, 1),               # no re-measurement asked for
+    (2, [2.0, 0.5], 0, 2),               # the second measurement is valid
+])
+def test_bench_roof_slower_than_a_provider_is_not_valid(monkeypatch, tmp_path, capsys,
+                                                        remeasure, roofs, rc, calls):
+    seen = []
+
+    def fake_measure(wl, *a, **k):
+        seen.append(wl.name)
+        return _record(roofs[len(seen) - 1])
+
+    monkeypatch.setattr(B, "measure_workload", fake_measure)
+    got = main(["bench", "--only", "host", "--no-startup", "--remeasure", str(remeasure),
+                "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert got == rc and len(seen) == calls
+    result = json.loads((tmp_path / "bench.json").read_text())
+    (rec,) = result["results"]
+    assert rec["measurements"] == calls
+    assert result["valid"] is rec["valid"] is (rc == 0)
+    if rc:
+        assert "NOT VALID" in captured.err and "not valid" in captured.err
+        assert "roof measured 2 ms per step, slower than fusedsched (1 ms)" in captured.err
+        assert "(not valid)" in captured.out
+    else:
+        assert "not valid" not in captured.err.lower()
+
+
+def test_bench_table_shows_ratios_and_the_roof_not_goals():
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    B.print_table(console, [_record(0.5)], {})
+    text = console.export_text()
+    for col in ("roof", "vs roof", "vs loop", "vs foreach", "vs torch fused"):
+        assert col in text
+    assert "2.00x" in text            # fusedsched 1 ms over the roof's 0.5 ms
+    assert "3.00x" in text            # torch fused 3 ms over fusedsched's 1 ms
+    for word in ("MISS", "goal", "target"):
+        assert word not in text
+
+
+# --------------------------------------------------------------------------------- demo
+
+@pytest.mark.parametrize("blocked, dist", [("matplotlib", "matplotlib"),
+                                           ("sklearn", "scikit-learn")])
+def test_demo_without_dev_extra_says_what_to_install(monkeypatch, tmp_path, capsys,
+                                                     blocked, dist):
+    from fusedsched import demo
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == blocked or name.startswith(blocked + "."):
+            raise ModuleNotFoundError(f"No module named {blocked!r}", name=blocked)
+        return real_import(name, *args, **kwargs)
+
+    def no_training(*a, **k):
+        raise AssertionError("the demo trained before checking its dependencies")
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(demo, "load_data", no_training)
+    monkeypatch.setattr(demo, "run_fusedsched", no_training)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert dist in err and 'pip install "fusedsched[dev]"' in err
+    assert not out.exists()
+
+
+def test_demo_missing_module_in_sys_modules(monkeypatch):
+    from fusedsched import demo
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
+    assert demo.missing_requirements() == ["matplotlib"]
+
+
+# ---------------------------------------------------------------------------------- aot
+
+def test_aot_reports_progress_and_where_it_writes(monkeypatch, tmp_path, capsys):
+    """Progress per variant with an estimate of the time left, and the cache folder, on
+    stderr (the compile itself is faked: ``test_aot.py`` compiles for real)."""
+    from fusedsched import aot as cli
+    from fusedsched.kernels.triton import aot
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # restored after the test
+    before = os.environ.get("TRITON_CACHE_DIR")
+    seen = {}
+
+    def fake_compile(arch, optimizers, dtypes, limit, workers, progress):
+        seen["cache"] = os.environ.get("TRITON_CACHE_DIR")
+        rows = []
+        for _, opt, flags, dt in aot.jobs_for(arch, optimizers, dtypes, limit):
+            row = dict(optimizer=opt, variant=",".join(k for k, v in flags.items() if v)
+                       or "plain", dtype=dt, arch=arch, n_regs=60, n_spills=0,
+                       max_load_bits=128)
+            rows.append(row)
+            progress(row)
+        return rows
+
+    monkeypatch.setattr(aot, "compile_variants", fake_compile)
+    cache = tmp_path / "triton-cache"
+    rc = main(["aot", "--arch", "sm_90", "--optimizer", "sgd", "--dtype", "fp32",
+               "--limit", "2", "--cache-dir", str(cache), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert seen["cache"] == str(cache)
+    assert os.environ.get("TRITON_CACHE_DIR") == before      # the caller's setting is kept
+    assert f"Writes only Triton's cache: {cache}" in captured.err
+    lines = [x for x in captured.err.splitlines() if x.startswith("[aot] ")]
+    assert len(lines) == 2 and lines[0].startswith("[aot] 1/2 sgd/plain/fp32 sm_90")
+    assert all("left)" in x and "elapsed" in x for x in lines)
+    report = json.loads(captured.out)
+    assert report["ok"] and report["triton_cache_dir"] == str(cache)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert cli.triton_cache_dir() == str(tmp_path / "elsewhere")
+
+
+def test_aot_cache_dir_receives_the_compiled_kernels(tmp_path):
+    """A real compile of one variant writes Triton's cache under --cache-dir only."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cache = tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-m", "fusedsched", "aot", "--arch", "sm_80",
+                        "--optimizer", "sgd", "--dtype", "fp32", "--limit", "1",
+                        "--cache-dir", str(cache)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode == 2 and "No such file" in r.stdout + r.stderr:
+        pytest.skip("no ptxas/cuobjdump in this triton install")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Writes only Triton's cache: {cache}" in r.stderr
+    assert "[aot] 1/1 sgd/" in r.stderr
+    assert any(cache.rglob("*.cubin")), sorted(str(p) for p in cache.rglob("*"))[:20]
+
+
+# ------------------------------------------------------------------- FUSEDSCHED_BACKEND
+
+def test_backend_env_error_names_the_variable(monkeypatch):
+    import torch
+
+    from fusedsched.optim import _backend
+
+    monkeypatch.setenv("FUSEDSCHED_BACKEND", "bogus")
+    with pytest.raises(ValueError, match=r"environment variable FUSEDSCHED_BACKEND='bogus'"):
+        _backend.resolve("auto", torch.device("cpu"))
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    opt = fusedsched.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="FUSEDSCHED_BACKEND='bogus'"):
+        opt.step()
+    assert p.tolist() == [1.0, 1.0]
+    # a valid name that cannot serve the device: the message says it came from the variable
+    monkeypatch.setenv("FUSEDSCHED_BACKEND", "numba")
+    with pytest.raises(ValueError, match="FUSEDSCHED_BACKEND='numba'.*cannot serve"):
+        _backend.resolve("auto", torch.device("meta"))
+    monkeypatch.setenv("FUSEDSCHED_BACKEND", "auto")
+    assert _backend.resolve("auto", torch.device("cpu")) == "numba"
