@@ -90,3 +90,21 @@ def common(group):
             if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t <= 2.0 ** 53):
                 raise ValueError(f"schedule_position must hold an integer in [0, 2**53], "
                                  f"got schedule_position={t!r}")
+
+
+def drop_in(**flags):
+    """torch.optim's implementation switches (``foreach``, ``fused``, ``capturable``,
+    ``differentiable``), accepted so that code written for torch runs with only the class
+    changed, and returned for the group defaults, where torch records them. The update is
+    always one fused, capturable kernel call whatever they say; ``differentiable=True``
+    (autograd through ``step()``) raises NotImplementedError."""
+    for name, value in flags.items():
+        allowed = (bool,) if name in ("capturable", "differentiable") else (bool, type(None))
+        if not isinstance(value, allowed):
+            kind = "a bool" if len(allowed) == 1 else "None or a bool"
+            raise TypeError(f"{name} must be {kind}, got {name}={value!r}")
+    if flags.get("differentiable"):
+        raise NotImplementedError(
+            "differentiable=True is not supported: fusedsched's step() writes parameters and "
+            "state in place in a compiled kernel, with no autograd graph through the update")
+    return flags

@@ -2,7 +2,7 @@
 torch.optim.AdamW: same arguments, defaults, param-group keys and state keys."""
 
 from ._base import FusedOptimizer
-from ._validate import common, flag, in_range, nonnegative
+from ._validate import drop_in, common, flag, in_range, nonnegative
 
 
 class Adam(FusedOptimizer):
@@ -40,11 +40,14 @@ class Adam(FusedOptimizer):
     algorithm = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
                  schedule=None, backend="auto", master_weights=False,
                  stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize,
+                        **drop_in(foreach=foreach, capturable=capturable,
+                                  differentiable=differentiable, fused=fused),
                         decoupled_weight_decay=decoupled_weight_decay, schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
@@ -82,9 +85,12 @@ class AdamW(Adam):
     ``weight_decay=1e-2``. Arguments, state and errors as ``Adam``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, schedule=None, backend="auto",
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, schedule=None, backend="auto",
                  master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, schedule=schedule, backend=backend,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)

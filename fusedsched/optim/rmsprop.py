@@ -2,7 +2,7 @@
 same arguments, defaults, param-group keys and state keys."""
 
 from ._base import FusedOptimizer
-from ._validate import common, flag, in_range, nonnegative
+from ._validate import drop_in, common, flag, in_range, nonnegative
 
 
 class RMSprop(FusedOptimizer):
@@ -39,10 +39,13 @@ class RMSprop(FusedOptimizer):
     algorithm = "rmsprop"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, schedule=None, backend="auto",
-                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
+                 centered=False, *, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, schedule=None, backend="auto", master_weights=False,
+                 stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize,
+                        **drop_in(capturable=capturable, foreach=foreach,
+                                  differentiable=differentiable),
                         schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)

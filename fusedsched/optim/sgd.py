@@ -2,7 +2,7 @@
 defaults, param-group keys and state keys (``momentum_buffer``)."""
 
 from ._base import FusedOptimizer
-from ._validate import common, flag, in_range, nonnegative, value_of
+from ._validate import drop_in, common, flag, in_range, nonnegative, value_of
 
 
 class SGD(FusedOptimizer):
@@ -39,10 +39,12 @@ class SGD(FusedOptimizer):
     _count_restarted_by = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, schedule=None, backend="auto",
-                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, schedule=None, backend="auto", master_weights=False,
+                 stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                        **drop_in(foreach=foreach, differentiable=differentiable, fused=fused),
                         schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
@@ -81,10 +83,12 @@ class Momentum(SGD):
     Arguments, state and errors as ``SGD``; ``momentum <= 0`` raises ValueError."""
 
     def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, schedule=None, backend="auto",
-                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, schedule=None, backend="auto", master_weights=False,
+                 stochastic_rounding=False, max_grad_norm=None):
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, schedule=schedule, backend=backend,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused, schedule=schedule, backend=backend,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
