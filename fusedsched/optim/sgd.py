@@ -2,6 +2,7 @@
 defaults, param-group keys and state keys (``momentum_buffer``)."""
 
 from ._base import FusedOptimizer
+from ._doc import derive
 from ._validate import common, flag, in_range, nonnegative, value_of
 
 
@@ -77,8 +78,7 @@ class SGD(FusedOptimizer):
 
 
 class Momentum(SGD):
-    """SGD with momentum (``SGD`` with ``momentum > 0`` required, default 0.9).
-    Arguments, state and errors as ``SGD``; ``momentum <= 0`` raises ValueError."""
+    # docstring: SGD's, derived below the class
 
     def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, schedule=None, backend="auto",
@@ -94,3 +94,10 @@ class Momentum(SGD):
         if momentum is not None and not momentum > 0:
             raise ValueError(f"Invalid momentum value: Momentum requires momentum > 0, "
                              f"got momentum={group['momentum']!r}")
+
+
+Momentum.__doc__ = derive(
+    SGD.__doc__, "SGD with momentum (``SGD`` with ``momentum > 0`` required) and the\n"
+    "    learning-rate schedule fused into the kernel.",
+    args={"momentum": " (float): momentum factor, > 0 (default 0.9; ``momentum <= 0``\n"
+                      "            raises ValueError)."})
