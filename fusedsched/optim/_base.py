@@ -241,7 +241,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lift_view = (None, {})
         defaults["schedule"] = _check_schedule(defaults["schedule"])
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        if not isinstance(params, torch.Tensor):    # torch's TypeError for a tensor
+            params = list(params)
+        given = [(g, dict(g)) for g in map(_listed, params) if isinstance(g, dict)]
+        try:
+            super().__init__(params, defaults)
+        except BaseException:   # the caller's group dicts as they were (torch fills them in)
+            for group, before in given:
+                group.clear()
+                group.update(before)
+            raise
 
     # -- what each algorithm defines ---------------------------------------------------
     def _check_group(self, group):
@@ -271,11 +280,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         and for invalid hyperparameters, naming them."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = _listed(param_group)["params"]
         before, count = dict(param_group), len(self.param_groups)
-        params = param_group["params"]
-        if not isinstance(params, (torch.Tensor, set, list, tuple)):
-            # an iterator (model.parameters()): read once, as torch does
-            params = before["params"] = param_group["params"] = list(params)
         try:
             tensors, names = _split_named(params)
             _validate.distinct_params(tensors, names, self.param_groups, count)
@@ -735,6 +741,16 @@ def _check_step(value, group_index):
     if not (math.isfinite(step) and step == int(step) and 0 <= step <= 2.0 ** 53):
         raise ValueError(f"loaded state 'step' of group {group_index} must be an integer in "
                          f"[0, 2**53], got {value!r}")
+
+
+def _listed(group):
+    """A group dict whose ``params`` is an iterator (``model.parameters()``) gets them as a
+    list, as torch's ``add_param_group`` makes it: read once, and still there if an error
+    restores the dict."""
+    if isinstance(group, dict) and "params" in group and not isinstance(
+            group["params"], (torch.Tensor, set, list, tuple)):
+        group["params"] = list(group["params"])
+    return group
 
 
 def _split_named(params):
