@@ -341,27 +341,28 @@ class FusedOptimizer(torch.optim.Optimizer):
         this optimizer's settings: the backend (for ``"auto"``, what serves each device
         type of the parameters) and the training aids that are on."""
         lines = [f"    backend: {self._backend_label()}"]
-        if self.master_weights:
+        if getattr(self, "master_weights", False):
             lines.append("    master_weights: True")
-        if self.stochastic_rounding:
+        if getattr(self, "stochastic_rounding", False):
             lines.append("    stochastic_rounding: True")
-        if self.max_grad_norm is not None:
+        if getattr(self, "max_grad_norm", None) is not None:
             lines.append(f"    max_grad_norm: {self.max_grad_norm}")
         head, _, groups = super().__repr__().partition("\n")
         return "\n".join([head, "Settings", *lines, groups])
 
     def _backend_label(self):
+        backend = getattr(self, "backend", "auto")
         types = []
         for group in self.param_groups:
             for p in group["params"][:1]:
                 if p.device.type not in types:
                     types.append(p.device.type)
-        served = [f"{kind}: {_backend.preview(self.backend, kind) or 'cannot serve'}"
+        served = [f"{kind}: {_backend.preview(backend, kind) or 'cannot serve'}"
                   for kind in types]
-        if not served or (self.backend != "auto" and all(
-                _backend.preview(self.backend, kind) == self.backend for kind in types)):
-            return self.backend
-        return f"{self.backend} ({', '.join(served)})"
+        if not served or (backend != "auto" and all(
+                _backend.preview(backend, kind) == backend for kind in types)):
+            return backend
+        return f"{backend} ({', '.join(served)})"
 
     # -- step --------------------------------------------------------------------------
     def step(self, closure=None):
