@@ -14,7 +14,8 @@ from typing import NamedTuple
 import torch
 
 from .. import schedules as S
-from . import _aids, _backend, _validate
+from . import _aids, _backend
+from . import _validate
 
 
 class _Plan(NamedTuple):

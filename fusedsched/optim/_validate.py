@@ -77,7 +77,9 @@ def common(group):
             raise TypeError(f"schedule_position must be a 1-element float tensor, got "
                             f"schedule_position={position!r}")
         if position.device.type == "cpu":
-            _position_value(float(position.detach().reshape(())))
+            t = float(position.detach().reshape(()))
+            if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t < 2.0 ** 53):
+                _position_value(t)
 
 
 # The schedule position is a float64 count: integers are exact up to 2**53, where t + 1 == t
