@@ -78,8 +78,7 @@ def common(group):
                             f"schedule_position={position!r}")
         if position.device.type == "cpu":
             t = float(position.detach().reshape(()))
-            if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t < 2.0 ** 53):
-                _position_value(t)
+            _position_value(t)
 
 
 # The schedule position is a float64 count: integers are exact up to 2**53, where t + 1 == t
