@@ -53,34 +53,6 @@ def flag(name, value):
     return value
 
 
-def value_of(value):
-    """A hyperparameter as a Python float, or None for a tensor not on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
-    return float(value)
-
-
-def common(group):
-    """What every algorithm's group holds besides its hyperparameters: the schedule (a
-    Schedule or a callable: ``None`` was replaced by ``constant()`` when the group was
-    made) and the schedule position (a 1-element float tensor holding an integer >= 0,
-    e.g. from a loaded state_dict). Parameters' dtypes, devices and gradients are checked
-    by ``step()`` itself (``_base.FusedOptimizer._plan``)."""
-    schedule = group.get("schedule")
-    if not (isinstance(schedule, S.Schedule) or callable(schedule)):
-        raise TypeError(f"schedule must be a fusedsched.schedules schedule or a callable "
-                        f"f(t) -> float, got schedule={schedule!r}")
-    if "schedule_position" in group:
-        position = group["schedule_position"]
-        if (not isinstance(position, torch.Tensor) or position.numel() != 1
-                or not position.is_floating_point()):
-            raise TypeError(f"schedule_position must be a 1-element float tensor, got "
-                            f"schedule_position={position!r}")
-        if position.device.type == "cpu":
-            t = float(position.detach().reshape(()))
-            _position_value(t)
-
-
 # The schedule position is a float64 count: integers are exact up to 2**53, where t + 1 == t
 # and the position would stop advancing (every later update would use f(2**53)).
 POSITION_LIMIT = 2 ** 53
@@ -134,3 +106,32 @@ def distinct_params(params, names, groups, new_index):
             f"{_named(k, first_names)} {where}; each parameter may appear once in an "
             f"optimizer (torch.optim warns about a repeat within a group and then updates "
             f"it twice)")
+
+
+def value_of(value):
+    """A hyperparameter as a Python float, or None for a tensor not on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().reshape(())) if value.device.type == "cpu" else None
+    return float(value)
+
+
+def common(group):
+    """What every algorithm's group holds besides its hyperparameters: the schedule (a
+    Schedule or a callable: ``None`` was replaced by ``constant()`` when the group was
+    made) and the schedule position (a 1-element float tensor holding an integer >= 0,
+    e.g. from a loaded state_dict). Parameters' dtypes, devices and gradients are checked
+    by ``step()`` itself (``_base.FusedOptimizer._plan``)."""
+    schedule = group.get("schedule")
+    if not (isinstance(schedule, S.Schedule) or callable(schedule)):
+        raise TypeError(f"schedule must be a fusedsched.schedules schedule or a callable "
+                        f"f(t) -> float, got schedule={schedule!r}")
+    if "schedule_position" in group:
+        position = group["schedule_position"]
+        if (not isinstance(position, torch.Tensor) or position.numel() != 1
+                or not position.is_floating_point()):
+            raise TypeError(f"schedule_position must be a 1-element float tensor, got "
+                            f"schedule_position={position!r}")
+        if position.device.type == "cpu":
+            t = float(position.detach().reshape(()))
+            _position_value(t)
+
