@@ -134,4 +134,3 @@ def common(group):
         if position.device.type == "cpu":
             t = float(position.detach().reshape(()))
             _position_value(t)
-
