@@ -82,6 +82,12 @@ def test_construction_error_leaves_the_callers_groups_as_they_were():
     assert groups[1] == {"params": [q, p], "lr": 0.5}
 
 
+def test_params_given_as_one_tensor_is_torchs_type_error():
+    for params in (_p(3), torch.tensor(1.0, requires_grad=True)):
+        with pytest.raises(TypeError, match="iterable of Tensors or dicts"):
+            fs.SGD(params, lr=0.1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["same_group", "other_group", "generator"])
 def test_add_param_group_refuses_a_repeat_and_changes_nothing(backend, where):

@@ -242,9 +242,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lift_view = (None, {})
         defaults["schedule"] = _check_schedule(defaults["schedule"])
         self._check_group(defaults)
+        given = []
         if not isinstance(params, torch.Tensor):    # torch's TypeError for a tensor
             params = list(params)
-        given = [(g, dict(g)) for g in map(_listed, params) if isinstance(g, dict)]
+            given = [(g, dict(g)) for g in map(_listed, params) if isinstance(g, dict)]
         try:
             super().__init__(params, defaults)
         except BaseException:   # the caller's group dicts as they were (torch fills them in)
