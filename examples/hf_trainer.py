@@ -45,7 +45,7 @@ def main(steps=30, seed=0):
                                  logging_strategy="no", disable_tqdm=True, seed=seed)
         trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None))
         result = trainer.train()
-    print(f"train loss {result.training_loss:.4f}, last lr {opt.get_last_lr()[0]:.2e}")
+    print(f"train loss {result.training_loss:.4f}, next lr {opt.get_last_lr()[0]:.2e}")
     return opt, model
 
 

@@ -45,7 +45,7 @@ def main(steps=30, seed=0):
                         enable_model_summary=False)
     trainer.fit(module, data)
     opt = trainer.optimizers[0]
-    print(f"loss {trainer.callback_metrics['loss']:.4f}, last lr {opt.get_last_lr()[0]:.2e}")
+    print(f"loss {trainer.callback_metrics['loss']:.4f}, next lr {opt.get_last_lr()[0]:.2e}")
     return opt, module
 
 

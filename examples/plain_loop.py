@@ -26,7 +26,7 @@ def main(steps=60, seed=0):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, last lr {opt.get_last_lr()[0]:.2e}")
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, next lr {opt.get_last_lr()[0]:.2e}")
     return losses
 
 

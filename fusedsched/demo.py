@@ -131,7 +131,8 @@ def torch_warmup_cosine(opt, warmup: int, total: int):
 def train(model, opt, sched, data, steps: int, lr_of) -> dict:
     """Full-batch training; returns curves, step times and final metrics.
 
-    ``lr_of(opt)`` returns the lr the update just made used. Timing: ``time.perf_counter``
+    ``lr_of(opt)``, called before each ``opt.step()``, returns the lr of that update
+    (``get_last_lr()`` is the next update's, as torch's). Timing: ``time.perf_counter``
     around each ``opt.step()`` (and, separately, around ``sched.step()``) of the real run,
     median over steps 2..N. Not ``torch.utils.benchmark.Timer``: it re-runs a statement on
     the same objects, but a step mutates the parameters, the optimizer state and the schedule
@@ -148,10 +149,10 @@ def train(model, opt, sched, data, steps: int, lr_of) -> dict:
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(X_tr), y_tr)
         loss.backward()
+        lrs.append(lr_of(opt))
         t0 = time.perf_counter()
         opt.step()
         t1 = time.perf_counter()
-        lrs.append(lr_of(opt))
         if sched is not None:
             t2 = time.perf_counter()
             sched.step()
@@ -209,7 +210,7 @@ def run_torch(init, data, steps, warmup, fused=None):
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY,
                             foreach=False, fused=fused)
     sched = torch_warmup_cosine(opt, warmup, steps)
-    # The lr of the update just made: torch's scheduler changes it only in sched.step().
+    # The lr of the coming update: torch's scheduler changes it only in sched.step().
     res = train(model, opt, sched, data, steps, lambda o: o.param_groups[0]["lr"])
     return model, res
 

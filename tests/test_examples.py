@@ -29,7 +29,7 @@ def _check_fused_schedule_ran(opt, steps):
     group = opt.param_groups[0]
     assert group["schedule_position"].item() == steps
     assert group["lr"] == 1e-2             # the framework's scheduler left it alone
-    expected = 1e-2 * S.warmup(S.cosine(steps - 3), warmup_steps=3)(steps - 1)
+    expected = 1e-2 * S.warmup(S.cosine(steps - 3), warmup_steps=3)(steps)  # next update's
     assert opt.get_last_lr() == pytest.approx([expected], rel=1e-12)
 
 

@@ -137,7 +137,7 @@ def test_builtin_schedule_and_torch_scheduler_multiply(backend, name):
     _run(t_opt, theirs, t_sched, 10, base=base)
     _run(o_opt, ours, o_sched, 10, base=base)
     _assert_same(t_opt, theirs, o_opt, ours)
-    assert o_opt.get_last_lr() == pytest.approx([0.05 * 0.5 ** 3 * f(9)], rel=1e-12)
+    assert o_opt.get_last_lr() == pytest.approx([0.05 * 0.5 ** 3 * f(10)], rel=1e-12)
 
 
 def _save_load(obj):

@@ -90,8 +90,8 @@ def test_graph_replay_matches_eager(name, sched):
         eager.step()
         torch.cuda.synchronize()
         _assert_same(eager, eager_p, graphed, graph_p)
-        # the schedule advanced on the device: the lr of this replay is lr * f(j)
-        assert graphed.get_last_lr()[0] == pytest.approx(OPTIMIZERS[name]["lr"] * sched(j),
+        # the schedule advanced on the device: the next update's lr is lr * f(j + 1)
+        assert graphed.get_last_lr()[0] == pytest.approx(OPTIMIZERS[name]["lr"] * sched(j + 1),
                                                          rel=1e-12, abs=1e-300)
     assert graphed.param_groups[0]["schedule_position"].item() == k + N_REPLAYS
 

@@ -7,6 +7,7 @@ cannot serve the tensors raises ``ValueError``.
 """
 
 import importlib
+import importlib.util
 import os
 import warnings
 
@@ -83,6 +84,21 @@ def _resolve(requested, device):
         warnings.warn(f"fusedsched: no compiled backend for {device.type} tensors; using the "
                       "reference backend", RuntimeWarning, stacklevel=4)
     return "reference"
+
+
+def preview(requested, device_type):
+    """The backend ``resolve`` would pick for tensors of ``device_type``, worked out without
+    importing a backend or warning (for ``repr``); None where none can serve them."""
+    if requested == "auto":
+        requested = os.environ.get("FUSEDSCHED_BACKEND", "auto") or "auto"
+        if requested not in BACKENDS:
+            return None
+    if requested != "auto":
+        return requested if _can_serve(requested, device_type)[0] else None
+    preferred = {"cuda": "triton", "cpu": "numba"}.get(device_type, "reference")
+    if preferred != "reference" and importlib.util.find_spec(preferred) is None:
+        return "reference"
+    return preferred
 
 
 def kernel(backend, algorithm):

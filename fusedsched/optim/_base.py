@@ -16,6 +16,7 @@ import torch
 from .. import schedules as S
 from ..kernels import ops
 from . import _aids, _backend
+from . import _validate
 
 
 class _Plan(NamedTuple):
@@ -225,7 +226,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             state); float32/float64 parameters unchanged, float16 raises ValueError.
         max_grad_norm (float or None): clip by the global L2 norm of all gradients, in the
             kernels (as ``torch.nn.utils.clip_grad_norm_`` then ``step()``);
-            ``opt.last_grad_norm`` is that norm, a device tensor."""
+            ``opt.last_grad_norm`` is that norm, a device tensor.
+        foreach, fused, capturable (those that ``torch.optim`` has for this algorithm):
+            accepted for drop-in use (None or bool; capturable a bool) and recorded in the
+            param groups as torch records them; the update is one fused, CUDA-graph
+            capturable kernel call whatever their value.
+        differentiable (bool): only False; True raises NotImplementedError (no autograd
+            through the in-place kernel update)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -245,7 +252,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lift_view = (None, {})
         defaults["schedule"] = _check_schedule(defaults["schedule"])
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        given = []
+        if not isinstance(params, torch.Tensor):    # torch's TypeError for a tensor
+            params = list(params)
+            given = [(g, dict(g)) for g in map(_listed, params) if isinstance(g, dict)]
+        try:
+            super().__init__(params, defaults)
+        except BaseException:   # the caller's group dicts as they were (torch fills them in)
+            for group, before in given:
+                group.clear()
+                group.update(before)
+            raise
 
     # -- what each algorithm defines ---------------------------------------------------
     def _check_group(self, group):
@@ -262,39 +279,102 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # -- param groups ------------------------------------------------------------------
     def add_param_group(self, param_group):
+        """Add a param group, as ``torch.optim.Optimizer.add_param_group``. Everything is
+        checked first: on an error neither this optimizer nor ``param_group`` has changed.
+
+        The group has its own schedule position, 0 unless ``param_group`` holds a
+        ``schedule_position``: its first update uses ``lr * f(0)`` whatever the other
+        groups' positions are (give ``schedule_position=opt.param_groups[0]
+        ["schedule_position"].clone()`` to join them where they are).
+
+        Raises ValueError when a parameter is in the group twice or already in another
+        group (torch warns about a repeat within a group, then updates it twice a step),
+        and for invalid hyperparameters, naming them."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        merged = {**self.defaults, **param_group}
-        merged["schedule"] = _check_schedule(merged.get("schedule"))
-        self._check_group(merged)
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:        # on torch's list of the group's parameters (``params`` may be a generator)
+        params = _listed(param_group)["params"]
+        before, count = dict(param_group), len(self.param_groups)
+        try:
+            tensors, names = _split_named(params)
+            _validate.distinct_params(tensors, names, self.param_groups, count)
+            _validate.position(param_group, "add_param_group")
+            merged = {**self.defaults, **param_group}
+            merged["schedule"] = _check_schedule(merged.get("schedule"))
+            self._check_group(merged)
+            super().add_param_group(param_group)
+            group = self.param_groups[-1]
+            # on torch's list of the group's parameters (names split off)
             _aids.check_group_params(self, group["params"])
-        except ValueError:
-            self.param_groups.pop()
+            group["schedule"] = merged["schedule"]
+            group.setdefault("schedule_position", torch.zeros((), dtype=torch.float64))
+        except BaseException:
+            del self.param_groups[count:]
+            param_group.clear()
+            param_group.update(before)
             raise
-        group["schedule"] = merged["schedule"]
-        group.setdefault("schedule_position", torch.zeros((), dtype=torch.float64))
 
     def get_last_lr(self):
-        """The lr of the latest update of each group (before any step: of the first), as
-        Python floats. Reads the position: a host-device sync on an accelerator."""
-        return [float(lr) * group["schedule"](t)
-                for group, lr, t in self._last_updates()]
+        """The lr of the NEXT update of each group, as Python floats: ``group["lr"] *
+        f(t)`` at the group's position ``t`` (before any step: the first update's lr).
+
+        This is what torch's ``scheduler.get_last_lr()`` returns after
+        ``scheduler.step()``: after k calls of ``step()`` it is ``lr * f(k)``, equal to
+        ``LambdaLR(torch_opt, f).get_last_lr()`` after k ``scheduler.step()`` calls, so
+        logging ported from torch logs the same numbers. The lr that the latest update
+        used is the value this returned just before that ``step()`` (``lr * f(k - 1)``).
+        Computed from the group's current ``lr``, so a torch scheduler's latest write
+        counts. Reads the position: a host-device sync on an accelerator. RuntimeError
+        when a value lives on the meta device (it holds none)."""
+        return [_host_float(lr, "lr", "get_last_lr", i) * group["schedule"](t)
+                for i, (group, lr, t) in enumerate(self._next_updates("get_last_lr"))]
 
     def get_last_momentum(self):
-        """The momentum (beta1 for Adam) of the latest update of each group, as above."""
+        """The momentum (beta1 for Adam/AdamW) of the NEXT update of each group, as
+        Python floats, in the sense of ``get_last_lr``: the schedule's momentum at the
+        group's position for ``one_cycle`` / ``cyclic`` with ``cycle_momentum`` (what
+        torch's OneCycleLR / CyclicLR leave in the group after ``scheduler.step()``),
+        else the group's own."""
         out = []
-        for group, _, t in self._last_updates():
+        for i, (group, _, t) in enumerate(self._next_updates("get_last_momentum")):
             scheduled = getattr(group["schedule"], "momentum", lambda t: None)(t)
-            out.append(float(self._group_momentum(group) if scheduled is None else scheduled))
+            out.append(_host_float(self._group_momentum(group), "momentum",
+                                   "get_last_momentum", i)
+                       if scheduled is None else float(scheduled))
         return out
 
-    def _last_updates(self):
+    def _next_updates(self, method):
+        """(group, its lr, the position of its next update) per group."""
+        for i, group in enumerate(self.param_groups):
+            position = group["schedule_position"]
+            yield group, group["lr"], int(_host_float(position, "schedule_position", method, i))
+
+    def __repr__(self):
+        """torch's ``Optimizer.__repr__`` (every group's values), after a first block of
+        this optimizer's settings: the backend (for ``"auto"``, what serves each device
+        type of the parameters) and the training aids that are on."""
+        lines = [f"    backend: {self._backend_label()}"]
+        if getattr(self, "master_weights", False):
+            lines.append("    master_weights: True")
+        if getattr(self, "stochastic_rounding", False):
+            lines.append("    stochastic_rounding: True")
+        if getattr(self, "max_grad_norm", None) is not None:
+            lines.append(f"    max_grad_norm: {self.max_grad_norm}")
+        head, _, groups = super().__repr__().partition("\n")
+        return "\n".join([head, "Settings", *lines, groups])
+
+    def _backend_label(self):
+        backend = getattr(self, "backend", "auto")
+        types = []
         for group in self.param_groups:
-            t = max(int(group["schedule_position"].item()) - 1, 0)
-            yield group, group["lr"], t
+            for p in group["params"][:1]:
+                if p.device.type not in types:
+                    types.append(p.device.type)
+        served = [f"{kind}: {_backend.preview(backend, kind) or 'cannot serve'}"
+                  for kind in types]
+        if not served or (backend != "auto" and all(
+                _backend.preview(backend, kind) == backend for kind in types)):
+            return backend
+        return f"{backend} ({', '.join(served)})"
 
     # -- step --------------------------------------------------------------------------
     def step(self, closure=None):
@@ -604,6 +684,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  S.from_spec(spec) if isinstance(spec, dict) else
                                  _check_schedule(spec))
             self._check_group(group)
+            _validate.position(group, f"loaded state dict's group {i}")
             # the state an applied update leaves (buffers that a flag turned on later adds
             # are created then: momentum_buffer, max_exp_avg_sq)
             required = ({k for k in self._state_keys(group) if k}
@@ -686,6 +767,41 @@ def _check_step(value, group_index):
     if not (math.isfinite(step) and step == int(step) and 0 <= step <= 2.0 ** 53):
         raise ValueError(f"loaded state 'step' of group {group_index} must be an integer in "
                          f"[0, 2**53], got {value!r}")
+
+
+def _listed(group):
+    """A group dict whose ``params`` is an iterator (``model.parameters()``) gets them as a
+    list, as torch's ``add_param_group`` makes it: read once, and still there if an error
+    restores the dict."""
+    if isinstance(group, dict) and "params" in group and not isinstance(
+            group["params"], (torch.Tensor, set, list, tuple)):
+        group["params"] = list(group["params"])
+    return group
+
+
+def _split_named(params):
+    """The tensors of a group's ``params`` and their names (None if unnamed), as torch's
+    ``add_param_group`` splits ``(name, tensor)`` pairs; what torch refuses is left to it."""
+    if isinstance(params, torch.Tensor):
+        return [params], None
+    if isinstance(params, set):
+        return [], None
+    params = list(params)
+    if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
+        return [p[1] for p in params], [p[0] for p in params]
+    return params, None
+
+
+def _host_float(value, what, method, group_index):
+    """``float(value)``, or a RuntimeError that says why a meta tensor has no value."""
+    if isinstance(value, torch.Tensor) and value.is_meta:
+        raise RuntimeError(
+            f"{method}() needs the value of group {group_index}'s {what}, a tensor on the "
+            f"meta device, which holds no values (the group was stepped, or given "
+            f"{what}, on meta parameters): it is known once the parameters and the "
+            f"optimizer live on a real device (e.g. model.to_empty(device=...), then a new "
+            f"optimizer or load_state_dict)")
+    return float(value)
 
 
 def _is_dtensor(tensor):

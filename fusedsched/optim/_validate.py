@@ -62,6 +62,61 @@ def flag(name, value):
     return value
 
 
+# The schedule position is a float64 count: integers are exact up to 2**53, where t + 1 == t
+# and the position would stop advancing (every later update would use f(2**53)).
+POSITION_LIMIT = 2 ** 53
+
+
+def _position_value(t):
+    if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t < POSITION_LIMIT):
+        raise ValueError(f"schedule_position must hold an integer in [0, 2**53), got "
+                         f"schedule_position={t!r} (a float64 position stops advancing at "
+                         f"2**53: t + 1 == t there)")
+
+
+def position(group, where):
+    """``group``'s ``schedule_position``, if any, read on whatever device it is on and
+    checked as ``common`` checks a CPU one. One host-device sync for an accelerator
+    tensor: for ``load_state_dict`` and ``add_param_group``, not for ``step()``."""
+    value = group.get("schedule_position")
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+        try:
+            _position_value(float(value.detach().reshape(())))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+def _named(index, names):
+    return f"parameter {index}" + (f" {names[index]!r}" if names and index < len(names) else "")
+
+
+def distinct_params(params, names, groups, new_index):
+    """ValueError naming the first parameter (a tensor object, as torch compares them)
+    that ``params`` holds twice or that one of ``groups`` already holds: an optimizer
+    updates each parameter once a step (torch only warns about a repeat within a group,
+    and then updates that parameter twice). Non-tensors are left to torch's own check."""
+    seen = {}
+    for i, group in enumerate(groups):
+        group_names = group.get("param_names")
+        for j, p in enumerate(group["params"]):
+            seen.setdefault(id(p), (i, j, group_names))
+    for j, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            continue
+        first = seen.get(id(p))
+        if first is None:
+            seen[id(p)] = (new_index, j, names)
+            continue
+        i, k, first_names = first
+        where = "of the same group" if i == new_index else f"of group {i}"
+        raise ValueError(
+            f"the same parameter appears twice: {_named(j, names)} of group {new_index} "
+            f"(shape {tuple(p.shape)}, dtype {str(p.dtype).replace('torch.', '')}) is "
+            f"{_named(k, first_names)} {where}; each parameter may appear once in an "
+            f"optimizer (torch.optim warns about a repeat within a group and then updates "
+            f"it twice)")
+
+
 def value_of(value):
     """A hyperparameter as a Python float, or None for a tensor not on the CPU."""
     if isinstance(value, torch.Tensor):
@@ -87,9 +142,7 @@ def common(group):
                             f"schedule_position={position!r}")
         t = _read(position)
         if t is not None:
-            if not (math.isfinite(t) and t >= 0 and t == math.floor(t) and t <= 2.0 ** 53):
-                raise ValueError(f"schedule_position must hold an integer in [0, 2**53], "
-                                 f"got schedule_position={t!r}")
+            _position_value(t)
 
 
 def drop_in(**flags):

@@ -2,7 +2,8 @@
 torch.optim.AdamW: same arguments, defaults, param-group keys and state keys."""
 
 from ._base import FusedOptimizer
-from ._validate import drop_in, common, flag, in_range, nonnegative
+from ._doc import derive
+from ._validate import common, drop_in, flag, in_range, nonnegative
 
 
 class Adam(FusedOptimizer):
@@ -81,8 +82,7 @@ class Adam(FusedOptimizer):
 
 
 class AdamW(Adam):
-    """AdamW: ``Adam`` with decoupled weight decay (``torch.optim.AdamW``), default
-    ``weight_decay=1e-2``. Arguments, state and errors as ``Adam``."""
+    # docstring: Adam's, derived below the class
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
@@ -94,3 +94,12 @@ class AdamW(Adam):
                          decoupled_weight_decay=True, schedule=schedule, backend=backend,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+
+
+AdamW.__doc__ = derive(
+    Adam.__doc__, "AdamW (Adam with decoupled weight decay) with the learning-rate schedule\n"
+    "    fused into the kernel.",
+    replace=[("``torch.optim.Adam``", "``torch.optim.AdamW``")],
+    drop=["decoupled_weight_decay"],
+    args={"weight_decay": " (float): decoupled decay rate, >= 0 (default 1e-2): each\n"
+                          "            update first scales ``p *= 1 - lr_t * weight_decay``."})

@@ -2,7 +2,8 @@
 defaults, param-group keys and state keys (``momentum_buffer``)."""
 
 from ._base import FusedOptimizer
-from ._validate import drop_in, common, flag, in_range, nonnegative, value_of
+from ._doc import derive
+from ._validate import common, drop_in, flag, in_range, nonnegative, value_of
 
 
 class SGD(FusedOptimizer):
@@ -79,8 +80,7 @@ class SGD(FusedOptimizer):
 
 
 class Momentum(SGD):
-    """SGD with momentum (``SGD`` with ``momentum > 0`` required, default 0.9).
-    Arguments, state and errors as ``SGD``; ``momentum <= 0`` raises ValueError."""
+    # docstring: SGD's, derived below the class
 
     def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
@@ -98,3 +98,10 @@ class Momentum(SGD):
         if momentum is not None and not momentum > 0:
             raise ValueError(f"Invalid momentum value: Momentum requires momentum > 0, "
                              f"got momentum={group['momentum']!r}")
+
+
+Momentum.__doc__ = derive(
+    SGD.__doc__, "SGD with momentum (``SGD`` with ``momentum > 0`` required) and the\n"
+    "    learning-rate schedule fused into the kernel.",
+    args={"momentum": " (float): momentum factor, > 0 (default 0.9; ``momentum <= 0``\n"
+                      "            raises ValueError)."})
