@@ -146,8 +146,8 @@ def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, p
         if kind == "scalar":
             if isinstance(value, torch.Tensor):
                 args += [0.0, value]
-            else:
-                args += [float(value), None]
+            else:   # not float(value): under torch.compile it may be a symbolic float
+                args += [value, None]
         else:
             args.append(value)
     args += [grad_scale, found_inf, advance_position, backend]

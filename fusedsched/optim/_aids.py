@@ -96,12 +96,12 @@ def clipped_grad_scale(opt, plans, grad_scale):
     """Set ``opt.last_grad_norm`` and return the grad_scale that also clips (float64)."""
     grads = [p.grad for plan in plans for p in plan.params]
     if not grads:
-        opt.last_grad_norm = torch.zeros(())
+        opt._results["grad_norm"] = torch.zeros(())
         return grad_scale
     norm = total_norm(grads)
     if grad_scale is not None:      # the norm of the unscaled gradients
         norm = norm / grad_scale.reshape(()).to(norm.device, norm.dtype)
-    opt.last_grad_norm = norm
+    opt._results["grad_norm"] = norm
     clip_coef = torch.clamp(opt.max_grad_norm / (norm + 1e-6), max=1.0)
     scale = (1.0 if grad_scale is None
              else grad_scale.reshape(()).to(norm.device, torch.float64))

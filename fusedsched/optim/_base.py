@@ -246,7 +246,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = _aids.check(master_weights, stochastic_rounding, max_grad_norm)
         self.master_weights = master_weights
         self.stochastic_rounding = stochastic_rounding
-        self.last_grad_norm = None
+        self._results = {}         # what a step reports: "grad_norm"
         self.rounding_seed = torch.initial_seed() % (1 << 63)
         self._rounding_generators = {}
         self._lift_view = (None, {})
@@ -445,8 +445,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _traced_plan(self, group):
         """``_plan`` for a step traced by torch.compile: every check of ``_plan`` and
-        ``_scan``, run while tracing (on values dynamo guards on), no cache."""
-        self._check_group(group)
+        ``_scan`` of the tensors, run while tracing (on metadata dynamo guards on), no
+        cache. The hyperparameters are not validated here: dynamo may trace a float that
+        changes between calls as a symbolic input (no recompile when lr changes), which the
+        checks cannot read; they are validated at construction, ``add_param_group``,
+        ``load_state_dict`` and every eager step."""
         params = [p for p in group["params"] if p.grad is not None]
         device = params[0].device if params else group["schedule_position"].device
         lifted = _aids.lifted_dtypes(self)
@@ -617,9 +620,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             if staged is not None:
                 staged.write_back()
 
+    @property
+    def last_grad_norm(self):
+        """The global gradient norm of the latest step with ``max_grad_norm`` (a 0-dim
+        tensor on the first gradient's device), None before. Kept in a dict that the step
+        writes: torch.compile replays a traced step's dict writes, not its attribute
+        writes on an optimizer."""
+        return self.__dict__.get("_results", {}).get("grad_norm")
+
     # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
     _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
-                "rounding_seed", "last_grad_norm")
+                "rounding_seed", "_results")
 
     def __getstate__(self):
         """torch's (defaults, state, param_groups) plus this optimizer's settings and its
