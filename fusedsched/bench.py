@@ -743,6 +743,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run only workloads whose name contains TEXT (repeatable)")
     parser.add_argument("--no-startup", action="store_true",
                         help="skip the subprocess measurements (import, first step, RSS)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile rows (compiled vs eager step(), compiled "
+                        "train step vs torch fused + LambdaLR)")
     parser.add_argument("--remeasure", type=int, default=REMEASURE, metavar="N",
                         help="when the no-math roof measures slower than a provider, measure "
                         f"the workload again up to N times before the run fails as not valid "
@@ -848,6 +851,13 @@ def run(args: argparse.Namespace) -> int:
             records.append(rec)
             if progress:
                 progress.advance(task)
+        compiled = {}
+        if not args.no_compile and not args.only:
+            if progress:
+                progress.update(task, description=f"{'torch.compile rows':<34}")
+            say("[bench] torch.compile rows")
+            from . import bench_compile
+            compiled = bench_compile.measure(quick, rounds, min_run_time)
         if not args.no_startup:
             if progress:
                 progress.update(task, description=f"{'startup and memory (subprocesses)':<34}")
@@ -875,6 +885,7 @@ def run(args: argparse.Namespace) -> int:
         "results": records,
         "valid": all(r["valid"] for r in records),
         "startup": startup,
+        "compile": compiled,
     }
     result["config"]["wall_s"] = round(time.perf_counter() - t_start, 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -883,6 +894,9 @@ def run(args: argparse.Namespace) -> int:
     png_ok = write_png(png_path, records, machine)
     if console:
         print_table(console, records, startup)
+        if compiled:
+            from . import bench_compile
+            bench_compile.print_rows(console, compiled)
         console.print(f"{machine['cpu']}, {machine['torch_threads']} torch / "
                       f"{machine['numba_threads']} numba threads "
                       f"({machine['numba_threading_layer']}), torch {machine['torch']}, "

@@ -84,12 +84,20 @@ def _schema(algorithm, signature):
     return f"{algorithm}_step({', '.join(args)}) -> ()"
 
 
-def _kernel(backend, algorithm):
-    if backend not in BACKENDS:
-        raise ValueError(f"fusedsched::{algorithm}_step: backend={backend!r}; expected one "
-                         f"of {BACKENDS}")
-    module = importlib.import_module(f"fusedsched.kernels.{backend}.{algorithm}")
-    return getattr(module, f"{algorithm}_step")
+def kernel(backend, algorithm):
+    """The ``<algorithm>_step`` function of a backend package, e.g.
+    ``kernel("numba", "adam")`` (imported on first use)."""
+    fn = _KERNELS.get((backend, algorithm))
+    if fn is None:
+        if backend not in BACKENDS:
+            raise ValueError(f"fusedsched::{algorithm}_step: backend={backend!r}; expected "
+                             f"one of {BACKENDS}")
+        module = importlib.import_module(f"fusedsched.kernels.{backend}.{algorithm}")
+        fn = _KERNELS[backend, algorithm] = getattr(module, f"{algorithm}_step")
+    return fn
+
+
+_KERNELS = {}
 
 
 def _implementation(algorithm, signature):
@@ -107,7 +115,7 @@ def _implementation(algorithm, signature):
                 value = value if tensor is None else tensor
             hyper[name] = value
         grad_scale, found_inf, advance_position, backend = values
-        _kernel(backend, algorithm)(
+        kernel(backend, algorithm)(
             params, grads, *states, steps, **hyper, schedule=schedule, position=position,
             grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
 

@@ -144,7 +144,7 @@ def _fsdp2(rank):
     group and step."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
-    from fusedsched.optim import _backend
+    from fusedsched.kernels import ops as _backend  # the operators' kernel look-up
 
     calls = []
     real_kernel = _backend.kernel
@@ -159,8 +159,7 @@ def _fsdp2(rank):
     _backend.kernel = counting_kernel
     out = {}
     try:
-        # the reference backend: its calls go through _backend.kernel (the numba backend
-        # may launch from a cached table)
+        # every backend's calls go through ops.kernel
         for name, backend in [("adam", "auto"), ("sgd", "auto"), ("rmsprop", "auto"),
                               ("adam", "reference")]:
             model = _model()

@@ -405,7 +405,7 @@ def test_optimizer_mixed_dtypes_one_launch_per_dtype(name, monkeypatch):
              for _ in range(3)]
     out = {}
     calls = []
-    from fusedsched.optim import _backend
+    from fusedsched.kernels import ops as _backend  # the operators' kernel look-up
     real = _backend.kernel
 
     def counting(backend, algorithm):

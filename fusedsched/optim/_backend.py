@@ -99,9 +99,3 @@ def preview(requested, device_type):
     if preferred != "reference" and importlib.util.find_spec(preferred) is None:
         return "reference"
     return preferred
-
-
-def kernel(backend, algorithm):
-    """The ``<algorithm>_step`` function of a backend, e.g. ``kernel("numba", "adam")``."""
-    module = importlib.import_module(f"fusedsched.kernels.{backend}.{algorithm}")
-    return getattr(module, f"{algorithm}_step")

@@ -96,26 +96,20 @@ def _tensor_key(t, by_value=False):
 
 
 class _Memo:
-    """What ``step()`` checked of one group at its last step and worked out for its launch,
-    reused while what it depends on is unchanged (``FusedOptimizer._plan``).
+    """What ``step()`` checked of one group at its last eager step and worked out for its
+    launch, reused while what it depends on is unchanged (``FusedOptimizer._plan``).
 
-    Per tensor a step makes C-level passes (``map``) only, the checks of the old per-tensor
-    loop: its grad, the grads' types (None, DTensor), dtypes, shapes, device indices and
-    data pointers (a sparse grad has none: it raises), the params' data pointers, dtypes
-    and shapes (``p.data = ...`` may keep the pointer), and in ``GroupTable.matches`` the
-    grads' contiguity (every step: a new grad at the old address may be strided) and the
-    per-parameter state dicts' identity (only when the state's keys or values changed
-    since the last step: ``_step``). No grad object is kept across steps
-    (``zero_grad(set_to_none=True)`` must be able to free them), so grads that are the
-    same objects as last step cost what new ones do.
-
-    Measured (2-core machine, shared and noisy: +-20%; Adam fp32, numba, 1k-element
-    tensors, best of 7; "host" = the kernel call stubbed out), before -> after:
-    one tensor: host 114 -> 30 us, full step 133 -> 54 us (torch fused: 92 us); 1000
-    tensors: host 1.9-2.5 -> 1.2-1.6 us per tensor (same / new grads every step), full
-    step 2.7 -> 1.9 ms (torch fused: 6.3-7.1 ms). Of the 30 us left for one tensor, 19 us
-    is torch's ``Optimizer.profile_hook_step`` wrapper (record_function and step hooks;
-    torch's optimizers pay it too), 6 us ``_plan``, 2 us ``_launch``.
+    Per tensor a step makes C-level passes (``map``) only, the checks of a per-tensor loop:
+    its grad, the grads' types (None, DTensor), dtypes, shapes, device indices and data
+    pointers (a sparse grad has none: it raises), and the params' data pointers, dtypes and
+    shapes (``p.data = ...`` may keep the pointer). No grad object is kept across steps
+    (``zero_grad(set_to_none=True)`` must be able to free them). ``launch`` holds the
+    group's position, state keys, schedule program and kernel arguments; ``calls`` the
+    operator calls' tensor lists (``_Calls``), valid while the per-parameter state dicts
+    are unchanged. The one rule: a change of the group's values, of its parameters or of
+    their grads' presence, dtype, shape or device rebuilds both; a replaced state dict or
+    state value rebuilds ``calls``. A traced step (torch.compile) uses none of this:
+    dynamo's guards decide when its graph is valid.
     """
 
     __slots__ = ("group", "key", "values", "tensors", "lists", "params", "mask", "live",

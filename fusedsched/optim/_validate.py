@@ -43,7 +43,7 @@ def nonnegative(name, value, what, allow_tensor=True):
     """``value`` >= 0 and finite (a 1-element float tensor on an accelerator is not read)."""
     v = _number(name, value, what, allow_tensor)
     if v is not None and not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"Invalid {what}: {name}={value!r} (must be finite and >= 0)")
+        raise ValueError(f"Invalid {what}: {value!r} ({name} must be finite and >= 0)")
     return value
 
 
@@ -52,7 +52,7 @@ def in_range(name, value, what, low, high, *, high_open=True, allow_tensor=True)
     v = _number(name, value, what, allow_tensor)
     if v is not None and not (low <= v < high if high_open else low <= v <= high):
         interval = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"Invalid {what}: {name}={value!r} (must be in {interval})")
+        raise ValueError(f"Invalid {what}: {value!r} ({name} must be in {interval})")
     return value
 
 
@@ -109,8 +109,11 @@ def distinct_params(params, names, groups, new_index):
             continue
         i, k, first_names = first
         where = "of the same group" if i == new_index else f"of group {i}"
+        # torch's wording first (its test database matches it), then which and where
+        lead = ("optimizer got a parameter group with duplicate parameters"
+                if i == new_index else "some parameters appear in more than one parameter group")
         raise ValueError(
-            f"the same parameter appears twice: {_named(j, names)} of group {new_index} "
+            f"{lead}: the same parameter appears twice: {_named(j, names)} of group {new_index} "
             f"(shape {tuple(p.shape)}, dtype {str(p.dtype).replace('torch.', '')}) is "
             f"{_named(k, first_names)} {where}; each parameter may appear once in an "
             f"optimizer (torch.optim warns about a repeat within a group and then updates "

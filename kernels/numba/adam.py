@@ -14,7 +14,7 @@ from numba.extending import overload
 
 from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      lerp, load, make_walk, marker_of, pack, position_at, program_args,
+                      lerp, load, make_walk, marker_of, position_at, program_args,
                       read_steps, scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
@@ -225,11 +225,6 @@ def launch(table, offsets, marker, *, lr, beta1, beta2, eps, weight_decay,
           float(eps), float(weight_decay), bool(decoupled_weight_decay), bool(amsgrad),
           bool(maximize), has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker),
           use_pool(offsets, SERIAL_MAX))
-
-
-def columns(amsgrad=False, **_):
-    """Which state lists the table holds (besides params, grads and steps)."""
-    return (True, True, bool(amsgrad))
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,

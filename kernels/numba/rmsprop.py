@@ -12,7 +12,7 @@ from numba.extending import overload
 
 from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      lerp, load, make_walk, marker_of, pack, position_at, program_args,
+                      lerp, load, make_walk, marker_of, position_at, program_args,
                       scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE

@@ -9,7 +9,7 @@ from numba import njit
 
 from . import _launch as tables
 from ._common import (JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      load, make_walk, marker_of, pack, position_at, program_args, read_steps,
+                      load, make_walk, marker_of, position_at, program_args, read_steps,
                       scalar, store, use_pool, view)
 from .schedule import evaluate
 from ..schedule_encoding import NODE_SIZE
