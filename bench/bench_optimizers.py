@@ -117,8 +117,10 @@ def test_cli_smoke(tmp_path):
     # a provider (then the run is not valid, exit 1); a few more tries ride out the load.
     rc = main(["bench", "--only", "host", "--no-startup", "--rounds", "1",
                "--min-run-time", "0.005", "--remeasure", "5", "--out", str(tmp_path)])
-    assert rc == 0
     result = json.loads((tmp_path / "bench.json").read_text())
+    # exit 1 with "valid": false is the run judging its own timings (the roof measured
+    # slower than a provider: the machine was busy), which a test cannot rule out
+    assert rc == 0 or (rc == 1 and result["valid"] is False), rc
     assert result["machine"]["torch_threads"] >= 1
     (rec,) = result["results"]
     assert rec["workload"] == "adam float32 host 1x1k"

@@ -4,7 +4,8 @@ A Numba parallel kernel with exactly an optimizer's reads and writes and no math
 every column of the address table (param, grad, then each state tensor) and writes every
 column but the grad, element by element, over the same tensor list, walked in the same way
 as the fused kernels (chunks of ``CHUNK`` elements over the concatenation of all tensors,
-``prange`` over the chunks). The value written is the bitwise XOR of the values read, on
+``prange`` over the chunks; in the calling thread up to ``SERIAL_MAX`` elements, as the
+fused kernels). The value written is the bitwise XOR of the values read, on
 integer views of the storage (one integer op per element: no float work, no denormal or NaN
 slow path, nothing dead for the compiler to remove).
 
@@ -20,6 +21,7 @@ from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
 CHUNK = 1 << 16
+SERIAL_MAX = 1 << 18     # as kernels/numba/_common.SERIAL_MAX
 
 _MARKERS = {1: np.int8(0), 2: np.int16(0), 4: np.int32(0), 8: np.int64(0)}
 
@@ -74,12 +76,12 @@ def _rw5(p, g, s, t, u):
         u[j] = x
 
 
-@njit(cache=True, parallel=True)
-def _roof_kernel(ptrs, offsets, marker):
+@njit(cache=True)
+def _roof_chunk(ptrs, offsets, marker, c):
     n = ptrs.shape[0]
     cols = ptrs.shape[1]
     total = offsets[n]
-    for c in prange((total + CHUNK - 1) // CHUNK):
+    if True:
         lo = c * CHUNK
         hi = min(lo + CHUNK, total)
         i = np.searchsorted(offsets, lo, side="right") - 1
@@ -105,6 +107,20 @@ def _roof_kernel(ptrs, offsets, marker):
             i += 1
 
 
+@njit(cache=True, parallel=True)
+def _roof_parallel(ptrs, offsets, marker):
+    total = offsets[ptrs.shape[0]]
+    for c in prange((total + CHUNK - 1) // CHUNK):
+        _roof_chunk(ptrs, offsets, marker, c)
+
+
+@njit(cache=True)
+def _roof_serial(ptrs, offsets, marker):
+    total = offsets[ptrs.shape[0]]
+    for c in range((total + CHUNK - 1) // CHUNK):
+        _roof_chunk(ptrs, offsets, marker, c)
+
+
 class Roof:
     """The roof of one workload: its own tensors (``columns`` per shape, ``dtype``), packed
     once; ``step()`` is one kernel call that moves ``bytes_per_step`` bytes."""
@@ -125,4 +141,7 @@ class Roof:
         self.bytes_per_step = int(self.offsets[-1]) * itemsize * (2 * columns - 1)
 
     def step(self):
-        _roof_kernel(self.ptrs, self.offsets, self.marker)
+        # the fused kernels' threading rule: steps of at most SERIAL_MAX elements run in
+        # the calling thread (waking the pool costs more than the work there)
+        kernel = _roof_serial if self.offsets[-1] <= SERIAL_MAX else _roof_parallel
+        kernel(self.ptrs, self.offsets, self.marker)

@@ -740,7 +740,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "torch.utils.benchmark.Timer.blocked_autorange, which calls "
                         "torch.set_num_threads around each measurement")
     parser.add_argument("--only", action="append", default=None, metavar="TEXT",
-                        help="run only workloads whose name contains TEXT (repeatable)")
+                        help="run only workloads whose name contains TEXT (repeatable); "
+                        "'compile': the torch.compile rows")
     parser.add_argument("--no-startup", action="store_true",
                         help="skip the subprocess measurements (import, first step, RSS)")
     parser.add_argument("--no-compile", action="store_true",
@@ -755,7 +756,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_only(only: list[str] | None, workloads: list[Workload], quick: bool) -> str | None:
     """None when every ``--only`` TEXT matches a workload's name, else the error message
     (it lists the valid names)."""
-    unknown = [text for text in only or [] if not any(text in w.name for w in workloads)]
+    unknown = [text for text in only or [] if text != "compile"
+               and not any(text in w.name for w in workloads)]
     if not unknown:
         return None
     mode = " (with --quick)" if quick else ""
@@ -799,7 +801,8 @@ def run(args: argparse.Namespace) -> int:
     warmup_steps = 2 if quick else 3
     blocks = 3 if quick else 5
     if args.only:
-        workloads = [w for w in workloads if any(s in w.name for s in args.only)]
+        workloads = [w for w in workloads
+                     if any(s in w.name for s in args.only if s != "compile")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else out / "bench.json"
@@ -852,7 +855,7 @@ def run(args: argparse.Namespace) -> int:
             if progress:
                 progress.advance(task)
         compiled = {}
-        if not args.no_compile and not args.only:
+        if not args.no_compile and (not args.only or "compile" in args.only):
             if progress:
                 progress.update(task, description=f"{'torch.compile rows':<34}")
             say("[bench] torch.compile rows")
@@ -1070,7 +1073,8 @@ def run_cuda(args: argparse.Namespace) -> int:
     rep_ms = int((args.min_run_time or (0.05 if quick else 0.1)) * 1000)
     workloads = cuda_workloads(quick)
     if args.only:
-        workloads = [w for w in workloads if any(s in w.name for s in args.only)]
+        workloads = [w for w in workloads
+                     if any(s in w.name for s in args.only if s != "compile")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
