@@ -158,9 +158,10 @@ def evaluate(program_ptr, n_nodes, t):
     if kind == _CONSTANT:
         factor = a1
     elif kind == _LINEAR:
-        # start a1, end a2, T a3
-        tt = tl.minimum(t, a3)
-        factor = tl.where(a3 > 0, a1 + (a2 - a1) * tt / tl.where(a3 > 0, a3, 1.0), a2)
+        # start a1, end a2, T a3; start + (end - start) * progress, progress = min(t, T) / T
+        # (1 when T == 0), in the reference's order of operations
+        progress = tl.where(a3 > 0, tl.minimum(t, a3) / tl.where(a3 > 0, a3, 1.0), 1.0)
+        factor = a1 + (a2 - a1) * progress
     elif kind == _STEP:
         factor = _pow(a2, tl.floor(t / a1))
     elif kind == _EXPONENTIAL:
@@ -221,8 +222,9 @@ def evaluate(program_ptr, n_nodes, t):
         # triangular2: 0.5**(cycle-1) underflows to 0 where torch's 1/2.0**(cycle-1)
         # overflows (pytorch#52989, case C4).
         sf = tl.where(a4 == 0, one, tl.where(a4 == 1, _pow(one * 0.5, cycle - 1.0), _pow(a5, t)))
-        factor = a3 + (1.0 - a3) * scale * sf
-        mom = a8 - (a8 - a7) * scale * sf
+        scale = scale * sf
+        factor = a3 + (1.0 - a3) * scale
+        mom = a8 - (a8 - a7) * scale
         has_m = tl.where(a6 != 0, one, 0.0)
     elif kind == _INVERSE_SQRT:
         # W a1, timescale a2
