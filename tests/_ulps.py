@@ -83,3 +83,14 @@ def fp32_rounding_margin(x):
     up = torch.nextafter(f, torch.tensor(float("inf"))).item()
     f = f.item()
     return min(x - (f + down) / 2, (f + up) / 2 - x) / abs(x)
+
+
+def assert_round_alike_in_fp32(values, reason, rel=1e-11):
+    """Assert that each float64 value lies more than ``rel`` (relative) from a float32
+    rounding boundary: then a value computed with another implementation of the same
+    functions (pow, cos, sqrt: off by far less than ``rel``) rounds to the same float32
+    number, and a float32 computation that uses it only rounded to float32 may be compared
+    bit for bit with one that uses the other value. ``reason``: which values these are."""
+    close = [(i, v, m) for i, v in enumerate(values) if (m := fp32_rounding_margin(v)) <= rel]
+    assert not close, (f"{reason}: float64 values within {rel:g} of a float32 rounding "
+                       f"boundary (index, value, margin): {close[:5]}")

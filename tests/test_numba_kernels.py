@@ -410,10 +410,9 @@ def test_evaluator_matches_reference_evaluator_in_ulps():
     1. Not bit for bit: the two take pow, cos and log from different libraries (Numba:
     LLVM / the C library; the reference: torch, i.e. libm's pow and MKL's cos and log on
     the CPU) and sqrt from IEEE vs torch's (MKL's, not always correctly rounded), each
-    correct to about an ulp; and Numba keeps its own order of operations in a few formulas
-    (linear, cyclic), which rounds differently by an ulp. Ulps of 1, the peak factor: an
-    ulp of cos moves ``end + (1 - end) * (1 + cos) / 2`` by about an ulp of 1 also where
-    the factor is small (measured: at most 1)."""
+    correct to about an ulp (the formulas are the same, in the same order of operations).
+    Ulps of 1, the peak factor: an ulp of cos moves ``end + (1 - end) * (1 + cos) / 2`` by
+    about an ulp of 1 also where the factor is small (measured: at most half an ulp of 1)."""
     reason = "Numba's libm / LLVM pow, cos, log and IEEE sqrt vs torch's (MKL) ones"
     for schedule in ALL_KINDS:
         program = S.program(schedule, "cpu")
@@ -453,6 +452,31 @@ def test_bias_corrections_match_reference_in_ulps(beta1, beta2):
         power = torch.tensor([float(beta) ** s for s in steps], dtype=torch.float64)
         magnified = power / (1 - power)
         assert_close_ulps(got[:, k], want[:, k], 2 + 2 * magnified, reason)
+
+
+def test_same_scalars_do_not_rest_on_torchs_functions(monkeypatch):
+    """With torch's cos made a few ulps off (as another library's cos may be, by an ulp, on
+    another machine; a few here so that the rounding after it cannot absorb it), a float64
+    Numba step and a reference step that takes the Numba kernels' scalars
+    (``same_scalars``) still agree bit for bit; a reference that computes them itself does
+    not (so the patch does reach the comparison)."""
+    cos = torch.cos
+    monkeypatch.setattr(torch, "cos", lambda x: cos(x) * (1 + 2 ** -50))
+    schedule = S.program(S.one_cycle(6, pct_start=0.4), "cpu")
+    outcomes = []
+    for same in (True, False):
+        mine = Case("adam", torch.float64, [7, 300], ALGOS["adam"][0])
+        ref = mine.clone()
+        pos_mine, pos_ref = (torch.tensor(2.0, dtype=torch.float64) for _ in range(2))
+        mine.step("numba", schedule, pos_mine)
+        if same:
+            with reference_takes_numba_scalars():
+                ref.step("reference", schedule, pos_ref)
+        else:
+            ref.step("reference", schedule, pos_ref)
+        outcomes.append(all(torch.equal(a, e) for la, le in zip(mine.lists, ref.lists)
+                            if la is not None for a, e in zip(la, le)))
+    assert outcomes == [True, False]
 
 
 # ------------------------------------------------------- cached address tables (optim)

@@ -154,8 +154,9 @@ def _tol(dtype):
     # is the very torch function the reference calls on the same data: fma / sqrt / store
     # conversion (kernels/triton/_launch.py) and the fp64 pow / cos / log / sqrt of the
     # schedule and the bias corrections (kernels/triton/schedule.py), for every dtype
-    # (16-bit math is fp32 with one final rounding). Compiled Triton on a GPU does not call
-    # torch's functions: tests_gpu/ compares it otherwise.
+    # (16-bit math is fp32 with one final rounding). (Compiled Triton on a GPU takes
+    # libdevice's pow / cos / log instead, torch's CUDA ops CUDA's own: tests_gpu/ reuses
+    # this comparison there, where it rests on those two agreeing.)
     return dict(rtol=0.0, atol=0.0, equal_nan=True)
 
 
