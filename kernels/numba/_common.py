@@ -129,7 +129,10 @@ def lerp(start, end, w, one_m_w, small_w):
 # * "ieee" (the default): ``math.sqrt``, correctly rounded, vectorised in the update's one
 #   loop (vsqrtps). torch's ``fused=True`` CPU kernels take IEEE square roots too, so the
 #   fp32 distance from torch's for-loop is the same as torch fused's (DESIGN 5.4).
-# * "torch": bit-identical to torch's for-loop optimizers. torch's CPU ``Tensor.sqrt()`` of
+# * "torch": float32 (and 16-bit) results bit-identical to torch's for-loop optimizers
+#   (float64 ones to about an ulp: the step's float64 scalars, lr * f(t) and the bias
+#   corrections, come from Numba's pow / cos / sqrt here and from torch's and Python's there,
+#   and a float32 update uses them only rounded to float32). torch's CPU ``Tensor.sqrt()`` of
 #   a contiguous float32/float64 tensor is MKL's vector sqrt (ATen/cpu/vml.h: vmsSqrt /
 #   vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE), which is not correctly
 #   rounded: measured on this AMD EPYC (AVX2) with torch 2.14.1, 14-20% of float32 and 1.2%
@@ -162,8 +165,8 @@ _sqrt_mode = _mode_from_env()
 def set_sqrt_mode(mode):
     """Choose how the Numba Adam and RMSprop kernels take square roots, process-wide:
     "ieee" (default: correctly rounded, fastest) or "torch" (MKL's vector sqrt, as torch's
-    CPU ``Tensor.sqrt``: bit-identical to torch's for-loop optimizers, slower). Returns the
-    previous mode. Raises ValueError for another value."""
+    CPU ``Tensor.sqrt``: float32 results bit-identical to torch's for-loop optimizers,
+    slower). Returns the previous mode. Raises ValueError for another value."""
     global _sqrt_mode
     if mode not in SQRT_MODES:
         raise ValueError(f"sqrt mode must be one of {SQRT_MODES}, got mode={mode!r}")
