@@ -511,7 +511,8 @@ def test_torch_cpu_sqrt_rounds_each_element_alone(dtype):
     """What the zero tolerance for the update's square roots rests on: interpreted Triton
     takes torch's sqrt of one block at a time where the reference takes it of the whole
     tensor -- the same function (MKL's vector sqrt where torch has MKL, else IEEE sqrt),
-    which rounds each element independently of the length and the offset of the call."""
+    which rounds each element independently of the length and the offset of the call. (So
+    do the Numba kernels in their "torch" sqrt mode, in blocks of 512 elements.)"""
     gen = torch.Generator().manual_seed(11)
     x = torch.cat([torch.rand(6000, generator=gen, dtype=dtype) * 4,
                    torch.rand(2000, generator=gen, dtype=dtype) * 1e-30,
