@@ -129,10 +129,7 @@ def lerp(start, end, w, one_m_w, small_w):
 # * "ieee" (the default): ``math.sqrt``, correctly rounded, vectorised in the update's one
 #   loop (vsqrtps). torch's ``fused=True`` CPU kernels take IEEE square roots too, so the
 #   fp32 distance from torch's for-loop is the same as torch fused's (DESIGN 5.4).
-# * "torch": float32 (and 16-bit) results bit-identical to torch's for-loop optimizers
-#   (float64 ones to about an ulp: the step's float64 scalars, lr * f(t) and the bias
-#   corrections, come from Numba's pow / cos / sqrt here and from torch's and Python's there,
-#   and a float32 update uses them only rounded to float32). torch's CPU ``Tensor.sqrt()`` of
+# * "torch": bit-identical to torch's for-loop optimizers. torch's CPU ``Tensor.sqrt()`` of
 #   a contiguous float32/float64 tensor is MKL's vector sqrt (ATen/cpu/vml.h: vmsSqrt /
 #   vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE), which is not correctly
 #   rounded: measured on this AMD EPYC (AVX2) with torch 2.14.1, 14-20% of float32 and 1.2%
@@ -141,6 +138,9 @@ def lerp(start, end, w, one_m_w, small_w):
 #   elements through the same MKL function (exported by libtorch_cpu); without MKL in
 #   torch, torch's sqrt is IEEE (``_mm256_sqrt_ps``) and the kernels use ``math.sqrt``.
 #   ``sqrt_fns()`` picks, checked once per process against ``torch.sqrt`` on probe values.
+#   Bit-identical in float32 and 16-bit; float64 results to about an ulp: the step's float64
+#   scalars, lr * f(t) and the bias corrections, come from Numba's pow / cos / sqrt here and
+#   from torch's and Python's there, and only a float32 update uses them rounded to float32.
 #
 # Why "ieee" is the default: MKL's sqrt costs 0.66-0.81 ns per element per thread
 # (measured, 16M float32, one thread), ~4 ms per step of Adam on 1e7 fp32 on 2 threads,
