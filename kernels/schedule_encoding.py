@@ -47,7 +47,8 @@ WSD (11)           1 W, 2 S, 3 D, 4 decay (0 linear, 1 cosine, 2 1-sqrt), 5 end,
 =================  ====================================================================
 
 ``kernels/reference/schedule.py`` is the executable form of this table (operation order
-included: it matches ``fusedsched.schedules`` to the last bit on CPU).
+included: it matches ``fusedsched.schedules`` up to the last bits of pow, cos, log and
+sqrt, which are torch's there and Python's ``math`` module's here).
 
 Anneal laws (torch's OneCycleLR): cos: ``end + (start - end) / 2 * (1 + cos(pi * pct))``;
 linear: ``(end - start) * pct + start``. A phase of length 0 has ``pct = 1``.

@@ -8,7 +8,10 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.kernels.numba import adam as _numba_adam
 from fusedsched.kernels.numba import set_sqrt_mode
+from fusedsched.kernels.numba.schedule import evaluate as _numba_evaluate
+from fusedsched.kernels.reference import _common as _ref_common
 from fusedsched.kernels.reference import adam as _ref_adam
 from fusedsched.kernels.reference import rmsprop as _ref_rmsprop
 
@@ -42,6 +45,45 @@ def numba_sqrt(mode):
     finally:
         set_sqrt_mode(previous)
         _ref_adam.sqrt, _ref_rmsprop.sqrt = saved
+
+
+def _scalar_of(value, like):
+    return torch.tensor(float(value), dtype=torch.float64, device=like.device)
+
+
+def _evaluate_as_numba(program, position):
+    factor, momentum, has_momentum = _numba_evaluate(program.cpu().numpy(), float(position))
+    return tuple(_scalar_of(v, position) for v in (factor, momentum, has_momentum))
+
+
+def _bias_corrections_as_numba(lr_t, beta1, beta2, step):
+    size, root = _numba_adam.bias_corrections(float(lr_t), float(beta1), float(beta2),
+                                              float(step))
+    return _scalar_of(size, step), _scalar_of(root, step)
+
+
+@contextlib.contextmanager
+def reference_takes_numba_scalars():
+    """For a block, the reference backend takes its float64 scalars of a step -- the
+    schedule's (factor, momentum, has_momentum) and Adam's bias corrections -- from the very
+    functions the Numba kernels call (``fusedsched.kernels.numba.schedule.evaluate``,
+    ``fusedsched.kernels.numba.adam.bias_corrections``), instead of computing them itself.
+
+    Why: those scalars go through pow, cos, log and sqrt, which Numba takes from LLVM and
+    the C library (and IEEE sqrt) and the reference from torch (libm's pow, MKL's cos, log
+    and sqrt on the CPU): two implementations, each correct to about an ulp, which may
+    differ in the last bit on some machine and not on another (and Adam's ``1 - beta**step``
+    magnifies such a difference). With one function on both sides, everything else of a
+    step -- the same correctly rounded operations and fused multiply-adds in the same
+    order -- is compared bit for bit on every machine; the two implementations of the
+    scalars are compared with each other in ulps (tests/test_numba_kernels.py)."""
+    saved = _ref_common.evaluate, _ref_adam.bias_corrections
+    _ref_common.evaluate = _evaluate_as_numba
+    _ref_adam.bias_corrections = _bias_corrections_as_numba
+    try:
+        yield
+    finally:
+        _ref_common.evaluate, _ref_adam.bias_corrections = saved
 
 
 def make_params(dtype, shapes=SHAPES, seed=0):

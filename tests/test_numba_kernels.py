@@ -8,6 +8,14 @@ they are torch's own (MKL), as the reference's; in the default "ieee" mode the r
 ``sqrt`` is swapped for numpy's correctly rounded one, and the two must still agree bit for
 bit (``sqrt_mode`` fixture).
 
+The float64 scalars of a step (the schedule's factor and momentum, Adam's bias
+corrections) go through pow, cos, log and sqrt, which the kernels take from Numba (LLVM,
+the C library, IEEE sqrt) and the reference from torch (libm's pow, MKL's cos / log / sqrt):
+two implementations, which may differ in the last bit. For the bit-for-bit comparisons the
+reference takes those scalars from the kernels' own functions (``same_scalars`` fixture:
+``_torch_oracle.reference_takes_numba_scalars``), and the two implementations of the
+scalars are compared with each other in ulps, with the reason (``test_*_in_ulps``).
+
 Compile time dominates this file: the kernels take the flags at run time, so there is one
 compilation per (algorithm, dtype), reused from Numba's on-disk cache in later runs.
 """
@@ -24,11 +32,13 @@ from fusedsched.kernels.numba import rmsprop as nrms
 from fusedsched.kernels.numba import sgd as nsgd
 from fusedsched.kernels.numba._common import CHUNK, SQRT_MODES, set_sqrt_mode
 from fusedsched.kernels.numba.schedule import evaluate
+from fusedsched.kernels.reference.schedule import evaluate as reference_evaluate
 from fusedsched.kernels.reference import adam as radam
 from fusedsched.kernels.reference import rmsprop as rrms
 from fusedsched.kernels.reference import sgd as rsgd
 
-from _torch_oracle import numba_sqrt
+from _torch_oracle import numba_sqrt, reference_takes_numba_scalars
+from _ulps import assert_close_ulps
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
@@ -57,9 +67,19 @@ def sqrt_mode(request):
         yield request.param
 
 
+@pytest.fixture
+def same_scalars():
+    """The reference takes the step's float64 scalars from the Numba kernels' functions
+    (``_torch_oracle.reference_takes_numba_scalars``: the kernels' pow / cos / log / sqrt
+    are not torch's), so that the rest of a step can be compared bit for bit."""
+    with reference_takes_numba_scalars():
+        yield
+
+
 def assert_close(actual, expected, what):
     """Bit for bit (NaN positions equal): both backends use the same fused multiply-adds,
-    torch's square root and one rounding to the storage type."""
+    the same square roots (``sqrt_mode``), the same float64 step scalars
+    (``same_scalars``) and one rounding to the storage type."""
     assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
     if actual.numel() == 0:
         return
@@ -191,7 +211,8 @@ def _configs():
 # --------------------------------------------------------------------------------- tests
 
 @pytest.mark.parametrize("algo,opts,shape,sched,dtype", _configs())
-def test_matches_reference(algo, opts, shape, sched, dtype, monkeypatch, sqrt_mode):
+def test_matches_reference(algo, opts, shape, sched, dtype, monkeypatch, sqrt_mode,
+                           same_scalars):
     mine = Case(algo, dtype, SHAPES[shape], opts)
     ref = mine.clone()
     schedule = S.program(SCHEDULES[sched], "cpu")
@@ -374,16 +395,93 @@ def test_evaluator_matches_python_reference(schedule):
 
 
 def test_evaluator_cyclic_triangular2_long_run():
-    """C4: 5e-5 / 1e-4 = 0.5 exactly at t = 10240; no overflow up to 2**31."""
+    """C4: 5e-5 / 1e-4 = 0.5 exactly at t = 10240; no overflow up to 2**31. Exact on every
+    machine: 0.5 ** (cycle - 1) is a power of two (or 0), which a pow correct to within an
+    ulp returns exactly, and base + (1 - base) * scale rounds to base for such a scale."""
     program = S.program(S.cyclic(0.5, step_size_up=5, mode="triangular2", cycle_momentum=False),
                         "cpu").numpy()
     assert evaluate(program, 10240.0)[0] == 0.5
     assert evaluate(program, float(2 ** 31 + 3))[0] == 0.5
 
 
+def test_evaluator_matches_reference_evaluator_in_ulps():
+    """The Numba evaluator against the reference's (kernels/reference/schedule.py), every
+    kind at every position: the same has_momentum, and factor and momentum within 4 ulps of
+    1. Not bit for bit: the two take pow, cos and log from different libraries (Numba:
+    LLVM / the C library; the reference: torch, i.e. libm's pow and MKL's cos and log on
+    the CPU) and sqrt from IEEE vs torch's (MKL's, not always correctly rounded), each
+    correct to about an ulp (the formulas are the same, in the same order of operations).
+    Ulps of 1, the peak factor: an ulp of cos moves ``end + (1 - end) * (1 + cos) / 2`` by
+    about an ulp of 1 also where the factor is small (measured: at most half an ulp of 1)."""
+    reason = "Numba's libm / LLVM pow, cos, log and IEEE sqrt vs torch's (MKL) ones"
+    for schedule in ALL_KINDS:
+        program = S.program(schedule, "cpu")
+        got, want = [], []
+        for t in POSITIONS:
+            got.append(evaluate(program.numpy(), float(t)))
+            want.append([x.item() for x in
+                         reference_evaluate(program, torch.tensor(float(t), dtype=torch.float64))])
+        got, want = torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64)
+        assert torch.equal(got[:, 2], want[:, 2]), schedule
+        cycles = want[:, 2] != 0
+        assert_close_ulps(got[:, 0], want[:, 0], 4, f"{schedule!r}: {reason}", scale=1.0)
+        assert_close_ulps(got[cycles, 1], want[cycles, 1], 4, f"{schedule!r}: {reason}",
+                          scale=1.0)
+
+
+@pytest.mark.parametrize("beta1,beta2", [(0.0, 0.0), (0.3, 0.5), (0.8, 0.95), (0.9, 0.999),
+                                         (0.99, 0.9999), (0.95, 0.99)])
+def test_bias_corrections_match_reference_in_ulps(beta1, beta2):
+    """Numba's Adam step size ``lr / (1 - beta1**step)`` and ``sqrt(1 - beta2**step)``
+    against the reference's (kernels/reference/adam.py), over steps from 1 to 2**40. Not bit
+    for bit: pow is Numba's (LLVM) vs torch's and sqrt IEEE vs torch's (MKL), each correct
+    to about an ulp; and ``1 - p`` magnifies an ulp of ``p = beta**step`` into
+    ``p / (1 - p)`` ulps of the result (999 for beta 0.999 at step 1). Tolerance: that, on
+    both sides, plus 2 for the division or square root."""
+    reason = (f"Numba's pow and IEEE sqrt vs torch's, beta1={beta1}, beta2={beta2}, "
+              "magnified by 1 - beta**step")
+    steps = [1, 2, 3, 5, 10, 100, 1000, 10 ** 4, 10 ** 6, 2 ** 24 + 1, 2 ** 40]
+    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+    got, want = [], []
+    for step in steps:
+        got.append(nadam.bias_corrections(0.01, beta1, beta2, float(step)))
+        want.append([x.item() for x in radam.bias_corrections(f64(0.01), f64(beta1),
+                                                              f64(beta2), f64(step))])
+    got, want = torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64)
+    for k, beta in ((0, beta1), (1, beta2)):
+        power = torch.tensor([float(beta) ** s for s in steps], dtype=torch.float64)
+        magnified = power / (1 - power)
+        assert_close_ulps(got[:, k], want[:, k], 2 + 2 * magnified, reason)
+
+
+def test_same_scalars_do_not_rest_on_torchs_functions(monkeypatch):
+    """With torch's cos made a few ulps off (as another library's cos may be, by an ulp, on
+    another machine; a few here so that the rounding after it cannot absorb it), a float64
+    Numba step and a reference step that takes the Numba kernels' scalars
+    (``same_scalars``) still agree bit for bit; a reference that computes them itself does
+    not (so the patch does reach the comparison)."""
+    cos = torch.cos
+    monkeypatch.setattr(torch, "cos", lambda x: cos(x) * (1 + 2 ** -50))
+    schedule = S.program(S.one_cycle(6, pct_start=0.4), "cpu")
+    outcomes = []
+    for same in (True, False):
+        mine = Case("adam", torch.float64, [7, 300], ALGOS["adam"][0])
+        ref = mine.clone()
+        pos_mine, pos_ref = (torch.tensor(2.0, dtype=torch.float64) for _ in range(2))
+        mine.step("numba", schedule, pos_mine)
+        if same:
+            with reference_takes_numba_scalars():
+                ref.step("reference", schedule, pos_ref)
+        else:
+            ref.step("reference", schedule, pos_ref)
+        outcomes.append(all(torch.equal(a, e) for la, le in zip(mine.lists, ref.lists)
+                            if la is not None for a, e in zip(la, le)))
+    assert outcomes == [True, False]
+
+
 # ------------------------------------------------------- cached address tables (optim)
 
-def test_cached_tables_follow_new_grads_and_loaded_state(torch_sqrt):
+def test_cached_tables_follow_new_grads_and_loaded_state(torch_sqrt, same_scalars):
     """The optimizer keeps each group's address table between steps: reallocated
     gradients (zero_grad(set_to_none=True)), a moved parameter (p.data = ...) and state
     replaced by load_state_dict must all be picked up (same results as the reference)."""

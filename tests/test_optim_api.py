@@ -275,7 +275,8 @@ def test_host_callable_bad_factor_changes_nothing(bad):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_multistep_with_a_thousand_milestones(backend):
     """Composites compile to balanced SWITCH trees: 1000 milestones neither overflow
-    Python's recursion (a chain did) nor change a value, in every kernel."""
+    Python's recursion (a chain did) nor change a value, in every kernel. Exact: each leaf
+    is a constant ``gamma ** k`` computed once in Python, which every kernel returns as is."""
     s = S.multistep(list(range(1, 3000, 3)), gamma=0.999)
     for t in [0, 3, 4, 1500, 2998, 2999, 5000]:
         p = torch.zeros(1, dtype=torch.float64, requires_grad=True)

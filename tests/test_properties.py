@@ -22,7 +22,8 @@ import fusedsched as fs
 from fusedsched.kernels.numba._common import SQRT_MODES
 from fusedsched import schedules as S
 
-from _torch_oracle import OURS_CLASS, TORCH_CLASS, numba_sqrt, torch_scheduler
+from _torch_oracle import (OURS_CLASS, TORCH_CLASS, numba_sqrt, reference_takes_numba_scalars,
+                           torch_scheduler)
 
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
@@ -289,24 +290,34 @@ def test_compiled_backends_equal_reference(config, schedule, spec, dtype, seed, 
     """Numba (and, in the long profile, Triton) against the reference backend, every dtype,
     any schedule: bit for bit (the same fused multiply-adds in the same order, and the same
     square roots: ``numba_sqrt``; Triton's interpreter takes torch's, so it is compared in
-    the "torch" mode)."""
+    the "torch" mode). The float64 scalars of a step go through pow / cos / log / sqrt:
+    Triton's interpreter calls the reference's own torch functions for them; Numba has its
+    own (LLVM, the C library), so it is compared with a reference run that takes them from
+    Numba's functions (``reference_takes_numba_scalars``; the two implementations are
+    compared in ulps in test_numba_kernels.py)."""
     name, config = config
     config = dict(config)
     lr = config.pop("lr")
     base = _make(spec, dtype, seed)
     runs = {}
     backends = [b for b in KERNEL_BACKENDS if sqrt_mode == "torch" or b != "triton"]
+
+    def run(backend):
+        params = [p.detach().clone().requires_grad_() for p in base]
+        opt = OURS_CLASS[name](params, lr=lr, schedule=schedule, backend=backend, **config)
+        for k in range(4):
+            for p, g in zip(params, _grads(params, k, seed)):
+                p.grad = g
+            opt.step()
+        return params, opt
+
     with numba_sqrt(sqrt_mode):
         for backend in backends:
-            params = [p.detach().clone().requires_grad_() for p in base]
-            opt = OURS_CLASS[name](params, lr=lr, schedule=schedule, backend=backend, **config)
-            for k in range(4):
-                for p, g in zip(params, _grads(params, k, seed)):
-                    p.grad = g
-                opt.step()
-            runs[backend] = (params, opt)
-    ref_params, ref_opt = runs["reference"]
+            runs[backend] = run(backend)
+        with reference_takes_numba_scalars():
+            numba_reference = run("reference")
     for backend, (params, opt) in runs.items():
+        ref_params, ref_opt = numba_reference if backend == "numba" else runs["reference"]
         for p, q in zip(ref_params, params):
             assert torch.equal(p, q) or torch.equal(p.isnan(), q.isnan()) and torch.equal(
                 p.nan_to_num(), q.nan_to_num()), (backend, name, config, schedule)

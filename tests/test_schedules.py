@@ -92,6 +92,11 @@ def test_c1_one_cycle_holds_its_minimum():
     assert_kernel_matches(s, [0, 13, 14, 15, 48, 49, 50, 51] + HUGE)
 
 
+# The exact (==) comparisons of kernel values below are of values that involve no
+# transcendental function (constants, linear pieces) or only exact powers of two (0.5 ** k,
+# which every pow correct to within an ulp returns exactly): the same on every machine.
+# Values that go through cos, pow or sqrt are compared with ``close`` (rel 1e-13).
+
 def test_c2_sequential_does_not_multiply():
     s = S.sequential([S.constant(0.5), S.constant(0.3), S.constant(1.0)], milestones=[3, 7])
     values = [0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 1, 1, 1]

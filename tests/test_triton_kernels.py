@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
@@ -22,6 +23,7 @@ from fusedsched import schedules as S  # noqa: E402
 from fusedsched.kernels.reference import adam as ref_adam  # noqa: E402
 from fusedsched.kernels.reference import rmsprop as ref_rmsprop  # noqa: E402
 from fusedsched.kernels.reference import sgd as ref_sgd  # noqa: E402
+from fusedsched.kernels.reference.schedule import evaluate as ref_evaluate  # noqa: E402
 from fusedsched.kernels.triton import adam as tri_adam  # noqa: E402
 from fusedsched.kernels.triton import rmsprop as tri_rmsprop  # noqa: E402
 from fusedsched.kernels.triton import sgd as tri_sgd  # noqa: E402
@@ -83,10 +85,28 @@ SCHEDULES = [
 BIG_T = [2**20 + 3, 10**7 + 1, 2**31 - 1, 2**31]
 
 
+def _reference_evaluate(sched, ts):
+    prog = S.program(sched, "cpu")
+    return torch.tensor([[x.item() for x in ref_evaluate(prog, torch.tensor(float(t), dtype=F64))]
+                         for t in ts], dtype=F64)
+
+
+def _assert_equals_reference(out, ref, what):
+    """Bit for bit: the interpreted evaluator calls the reference's own torch functions for
+    pow, cos, log and sqrt (kernels/triton/schedule.py) and rounds the same operations in
+    the same order. The momentum is compared where the leaf cycles it (Triton leaves the
+    leaf's value in the slot otherwise, the reference 0; neither is read then)."""
+    assert torch.equal(out[:, 0], ref[:, 0]), (what, (out[:, 0] != ref[:, 0]).nonzero().flatten())
+    assert torch.equal(out[:, 2], ref[:, 2]), what
+    cycles = ref[:, 2] != 0
+    assert torch.equal(out[cycles, 1], ref[cycles, 1]), what
+
+
 @pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
 def test_evaluator_matches_python(sched):
     ts = list(range(0, 40)) + BIG_T
     out = _evaluate(sched, ts)
+    _assert_equals_reference(out, _reference_evaluate(sched, ts), sched)
     for i, t in enumerate(ts):
         want = sched(t)
         got = out[i, 0].item()
@@ -129,9 +149,14 @@ def _grads(params, k, scale=1.0):
 
 
 def _tol(dtype):
-    # Bit for bit: the kernels round at the reference's fused multiply-adds, and under the
-    # interpreter their fma / sqrt / store conversion are torch's CPU ops (see
-    # kernels/triton/_launch.py), for every dtype (16-bit math is fp32 with one final rounding).
+    # Bit for bit, on every machine: the kernels round at the reference's fused
+    # multiply-adds, and under the interpreter every function that is not correctly rounded
+    # is the very torch function the reference calls on the same data: fma / sqrt / store
+    # conversion (kernels/triton/_launch.py) and the fp64 pow / cos / log / sqrt of the
+    # schedule and the bias corrections (kernels/triton/schedule.py), for every dtype
+    # (16-bit math is fp32 with one final rounding). (Compiled Triton on a GPU takes
+    # libdevice's pow / cos / log instead, torch's CUDA ops CUDA's own: tests_gpu/ reuses
+    # this comparison there, where it rests on those two agreeing.)
     return dict(rtol=0.0, atol=0.0, equal_nan=True)
 
 
@@ -433,3 +458,69 @@ def test_optimizer_mixed_dtypes_one_launch_per_dtype(name, monkeypatch):
         for key, va in ot.state[a].items():
             torch.testing.assert_close(va, orf.state[b][key], rtol=0, atol=0)
     assert ot.param_groups[0]["schedule_position"].item() == 3.0
+
+
+# ------------------------------------------------------------------------------------------
+# portability: the zero tolerances above rest on no library's transcendental functions
+# agreeing with another's
+
+def _one_ulp_up(fn):
+    def off(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if np.issubdtype(np.asarray(out).dtype, np.floating):
+            return np.nextafter(out, np.inf)
+        return out
+    return off
+
+
+@triton.jit
+def _numpy_cos_kernel(x_ptr, out_ptr):
+    tl.store(out_ptr, tl.cos(tl.load(x_ptr)))
+
+
+PORTABILITY_SCHEDULES = [S.exponential(0.97), S.step_decay(3, 0.7), S.polynomial(10, 1.7, 0.1),
+                         S.cosine(12, 0.05), S.cosine_restarts(2, 2, 0.1), S.one_cycle(20),
+                         S.cyclic(0.2, 3, mode="exp_range", gamma=0.99),
+                         S.cyclic(0.5, 5, mode="triangular2"), S.inverse_sqrt(4, 3),
+                         S.warmup_stable_decay(2, 1, 6, decay="cosine"),
+                         S.warmup_stable_decay(2, 1, 6, decay="1-sqrt")]
+
+
+def test_interpreted_kernels_do_not_rest_on_numpy(monkeypatch):
+    """numpy's power, exp, log, cos, sin and sqrt made 1 ulp off everywhere (as numpy's SIMD
+    power is on AVX-512 CPUs next to libm's): the interpreted evaluator, and float64 Adam,
+    SGD and RMSprop with schedules that cycle momentum, still equal the reference bit for
+    bit. They call torch's functions, as the reference does, so these comparisons hold on
+    every machine (the interpreter's own tl.cos is numpy's: the patch reaches it)."""
+    for name in ("power", "exp", "exp2", "log", "log2", "cos", "sin", "sqrt"):
+        monkeypatch.setattr(np, name, _one_ulp_up(getattr(np, name)))
+    x, out = torch.tensor([0.5], dtype=F64), torch.zeros(1, dtype=F64)
+    _numpy_cos_kernel[(1,)](x, out)
+    assert out.item() == math.nextafter(math.cos(0.5), math.inf)    # numpy is now off
+    ts = list(range(0, 25)) + BIG_T
+    for sched in PORTABILITY_SCHEDULES:
+        _assert_equals_reference(_evaluate(sched, ts), _reference_evaluate(sched, ts), sched)
+    for algo, flags in (("adam", ADAM_FLAGS[3]), ("sgd", SGD_FLAGS[2]), ("rmsprop", RMS_FLAGS[3])):
+        for sched in (S.one_cycle(6, pct_start=0.4),
+                      S.cyclic(0.2, 2, mode="exp_range", gamma=0.9)):
+            _compare(_run(algo, F64, [(5,), (0,), (300,)], flags, sched, n_steps=4), F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_torch_cpu_sqrt_rounds_each_element_alone(dtype):
+    """What the zero tolerance for the update's square roots rests on: interpreted Triton
+    takes torch's sqrt of one block at a time where the reference takes it of the whole
+    tensor -- the same function (MKL's vector sqrt where torch has MKL, else IEEE sqrt),
+    which rounds each element independently of the length and the offset of the call. (So
+    do the Numba kernels in their "torch" sqrt mode, in blocks of 512 elements.)"""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.rand(6000, generator=gen, dtype=dtype) * 4,
+                   torch.rand(2000, generator=gen, dtype=dtype) * 1e-30,
+                   torch.tensor([0.0, 1.0, 2.0, torch.finfo(dtype).tiny / 8, math.inf], dtype=dtype)])
+    whole = torch.sqrt(x)
+    starts = [0, 1, 3, 255, 256, 511, 512, 700, 1023, 4095, 6001, x.numel() - 5]
+    for start in starts:
+        for length in (1, 2, 7, 16, 255, 256, 512, 1024, 1030):
+            part = x[start:start + length].clone()
+            assert torch.equal(torch.sqrt(part), whole[start:start + length]), (start, length)
+    assert torch.equal(torch.stack([torch.sqrt(v) for v in x[::37]]), whole[::37])

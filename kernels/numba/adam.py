@@ -156,6 +156,15 @@ def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, 
 
 
 @njit(**JIT)
+def bias_corrections(lr_t, beta1, beta2, step):
+    """(``lr_t / (1 - beta1 ** step)``, ``sqrt(1 - beta2 ** step)``) in float64, as
+    ``kernels/reference/adam.bias_corrections`` computes them, but with Numba's ``math.pow``
+    (LLVM's pow intrinsic) and IEEE ``math.sqrt`` where the reference takes torch's pow and
+    sqrt: two implementations, which may differ in the last bits."""
+    return lr_t / (1.0 - math.pow(beta1, step)), math.sqrt(1.0 - math.pow(beta2, step))
+
+
+@njit(**JIT)
 def _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
              decoupled_weight_decay, maximize, gs, marker):
     """The step's scalars: float64 per tensor (step size, sqrt of bias correction 2),
@@ -169,9 +178,9 @@ def _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
     step_size = np.empty(n)
     bc2_sqrt = np.empty(n)
     for i in range(n):
-        step = steps[i] + 1.0
-        step_size[i] = -(lr_t / (1.0 - math.pow(b1, step)))
-        bc2_sqrt[i] = math.sqrt(1.0 - math.pow(beta2, step))
+        size, root = bias_corrections(lr_t, b1, beta2, steps[i] + 1.0)
+        step_size[i] = -size
+        bc2_sqrt[i] = root
     w = ct(1.0 - b1, marker)
     return (step_size, bc2_sqrt, w, ct(1.0, marker) - w, w < ct(0.5, marker), ct(beta2, marker),
             ct(1.0 - beta2, marker), ct(eps, marker), ct(weight_decay, marker),

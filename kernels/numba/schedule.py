@@ -2,7 +2,14 @@
 SGD, RMSprop and Adam kernels: ``evaluate(program, t) -> (factor, momentum, has_momentum)``.
 
 All in float64. Leaf formulas follow torch's schedulers in operation order (OneCycleLR,
-CyclicLR, CosineAnnealingWarmRestarts closed form); see the encoding doc for each kind.
+CyclicLR, CosineAnnealingWarmRestarts closed form), in the reference evaluator's
+(``kernels/reference/schedule.py``) order of operations; see the encoding doc for each kind.
+
+Transcendental functions: ``math.pow``, ``math.cos`` and ``math.log`` (Numba lowers them to
+LLVM's intrinsics, calls of the C library's functions) and ``math.sqrt`` (IEEE), where the
+reference calls torch's (on the CPU: libm's pow, MKL's cos, log and sqrt). Each is correct
+to about an ulp, but they are two implementations: the two evaluators agree to an ulp or so
+of 1, not bit for bit (tests/test_numba_kernels.py compares them in ulps).
 """
 
 import math
@@ -70,9 +77,10 @@ def _cyclic(r, t):
         scale = math.pow(gamma, t)
     else:
         scale = 1.0
-    factor = base + (1.0 - base) * scale_factor * scale
+    scale = scale_factor * scale
+    factor = base + (1.0 - base) * scale
     if cycle_momentum != 0.0:
-        return factor, max_m - (max_m - base_m) * scale_factor * scale, 1.0
+        return factor, max_m - (max_m - base_m) * scale, 1.0
     return factor, 0.0, 0.0
 
 
@@ -128,9 +136,8 @@ def _leaf(r, t):
         return r[1], 0.0, 0.0
     if kind == LINEAR:
         start, end, total = r[1], r[2], r[3]
-        if total == 0.0:
-            return end, 0.0, 0.0
-        return start + (end - start) * min(t, total) / total, 0.0, 0.0
+        progress = 1.0 if total == 0.0 else min(t, total) / total
+        return start + (end - start) * progress, 0.0, 0.0
     if kind == STEP:
         return math.pow(r[2], math.floor(t / r[1])), 0.0, 0.0
     if kind == EXPONENTIAL:

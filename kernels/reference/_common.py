@@ -6,9 +6,14 @@ skip is a ``torch.where`` on the new values, not a Python branch.
 Rounding is torch's own: the fused multiply-adds below where torch's CPU kernels fuse, and
 ``Tensor.sqrt()`` (``sqrt`` below), which on the CPU is MKL's vector square root (not
 always correctly rounded: 14% of fp32 results differ by 1 ulp from IEEE on an AMD EPYC), so
-CPU results are bit-identical to torch's for-loop. The Numba kernels call the same MKL
-function in their "torch" sqrt mode (``kernels/numba/_common.py``); their default, IEEE
-sqrt, is what this module computes with ``sqrt`` swapped for a correctly rounded one.
+fp32 and 16-bit CPU results are bit-identical to torch's for-loop. (The float64 scalars of a
+step, lr * f(t) and the bias corrections, come from torch's pow / cos / sqrt here and from
+Python's math module in torch's for-loop, which may differ in the last bit: an fp32 update
+uses them only rounded to fp32; float64 results may differ from torch's in the last bits.)
+The Numba kernels
+call the same MKL function in their "torch" sqrt mode (``kernels/numba/_common.py``); their
+default, IEEE sqrt, is what this module computes with ``sqrt`` swapped for a correctly
+rounded one.
 """
 
 import torch

@@ -10,6 +10,15 @@ from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, sche
                       skip_mask, sqrt, store)
 
 
+def bias_corrections(lr_t, beta1, beta2, step):
+    """(``lr_t / (1 - beta1 ** step)``, ``sqrt(1 - beta2 ** step)``): the step size and the
+    square root of the second bias correction, 0-dim float64 tensors (torch's pow and sqrt
+    on the device)."""
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    return lr_t / bias_correction1, bias_correction2.sqrt()
+
+
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
               beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
               position, grad_scale=None, found_inf=None, advance_position=True):
@@ -23,11 +32,10 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
     skip = skip_mask(found_inf)
     for i, param in enumerate(params):
         dtype = math_dtype(param.dtype)
-        step = steps[i] + 1
-        bias_correction1 = 1 - beta1_t ** step
-        bias_correction2 = 1 - beta2_t ** step
-        step_size = (lr_t / bias_correction1).to(dtype)
-        bias_correction2_sqrt = bias_correction2.sqrt().to(dtype)
+        step_size, bias_correction2_sqrt = bias_corrections(lr_t, beta1_t, beta2_t,
+                                                            steps[i] + 1)
+        step_size = step_size.to(dtype)
+        bias_correction2_sqrt = bias_correction2_sqrt.to(dtype)
 
         p = param.to(dtype)
         grad = load_grad(grads[i], dtype, grad_scale, skip, maximize)

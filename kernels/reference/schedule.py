@@ -3,8 +3,14 @@
 Torch ops only, on the program's device, with no host sync: the descent is a fixed number
 of ``torch.where`` steps, then every leaf formula is computed and the row's kind selects
 one. This is the specification that the Numba and Triton evaluators follow; each formula
-is written in the same operation order as ``fusedsched.schedules`` (the Python reference),
-so the two agree to the last bit on CPU.
+is written in the same operation order as ``fusedsched.schedules`` (the Python reference).
+
+Its pow, cos, log and sqrt are torch's, on 0-dim float64 tensors (on the CPU: libm's pow,
+and MKL's cos, log and sqrt where torch has MKL). The interpreted Triton evaluator calls
+these very functions and equals this one bit for bit; the Python reference (Python's
+``math``: libm) and the Numba evaluator (LLVM, the C library, IEEE sqrt) use other
+implementations, correct to about an ulp as these are, so they agree with it to an ulp or
+so, not to the last bit.
 """
 
 import math

@@ -61,8 +61,12 @@ if INTERPRET:
 #   sqrt results are 1 ulp off). So there the three helpers are Python functions that let
 #   Triton build the result's type and shape and replace its values with torch's CPU op on
 #   the same data (``torch.addcmul``, ``torch.sqrt``, ``Tensor.to``): the device's rounding,
-#   as ``_pow`` is libm's in ``schedule.py``. Interpreted Triton then equals the reference
-#   bit for bit on CPU (tests/test_triton_kernels.py checks it with zero tolerance).
+#   as the fp64 ``_pow``/``_cos``/``_log``/``_sqrt`` of ``schedule.py`` are torch's. Interpreted
+#   Triton then equals the reference bit for bit on CPU (tests/test_triton_kernels.py checks
+#   it with zero tolerance). ``_sqrt`` here runs on a block of the tensor where the reference
+#   takes the whole tensor at once: the same function, and torch's CPU sqrt rounds each
+#   element alone, whatever the length and offset of the call (MKL's vector sqrt, or IEEE
+#   sqrt without MKL; checked by tests/test_triton_kernels.py).
 if INTERPRET:
     import numpy as np
 

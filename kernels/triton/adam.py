@@ -13,7 +13,7 @@ import triton.language as tl
 from . import _launch as L
 from ._launch import (_chunk, _div, _fma, _grad_scale, _lerp, _load, _load_pg, _proceed,
                       _schedule, _sqrt, _store)
-from .schedule import _pow
+from .schedule import _pow, _sqrt as _sqrt64
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
         bc1 = 1.0 - _pow(beta1, step)
         bc2 = 1.0 - _pow(beta2, step)
         step_size = (lr / bc1).to(CT)
-        bc2_sqrt = _sqrt(bc2, True).to(CT)
+        bc2_sqrt = _sqrt64(bc2).to(CT)
         gs = _grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
         offs = start + tl.arange(0, BLOCK)
         wd_c = wd.to(CT)
