@@ -28,8 +28,7 @@ Schema (``adam_step``; the others differ in states and hyperparameters)::
 Eager calls skip the dispatcher when nothing could observe the call: not while tracing, no
 dispatch mode active (FakeTensorMode, a TorchDispatchMode) and no profiler. The dispatcher
 converts every tensor of every list argument (about 150 ns each: 0.75 ms for a step of 1000
-Adam parameters, more than the kernel), and what runs is the same registered
-implementation either way.
+Adam parameters, more than the kernel); the kernel call is the same either way (``call``).
 
 An empty state list stands for ``None`` (the list is off: no momentum, not centered, no
 amsgrad). ``backend`` names the kernel package that runs the update (``"numba"``: CPU
@@ -129,14 +128,12 @@ def _fake(*args):
     return None
 
 
-_IMPLEMENTATIONS = {}
 for _algorithm, _signature in SIGNATURES.items():
     _LIBRARY.define(_schema(_algorithm, _signature))
     # One Python implementation for every device: it dispatches on ``backend``, which the
     # optimizer resolved for the tensors' device. CompositeExplicitAutograd: the optimizer
     # steps under no_grad, and the dispatcher then goes straight to it.
-    _IMPLEMENTATIONS[_algorithm] = _implementation(_algorithm, _signature)
-    _LIBRARY.impl(f"{_algorithm}_step", _IMPLEMENTATIONS[_algorithm],
+    _LIBRARY.impl(f"{_algorithm}_step", _implementation(_algorithm, _signature),
                   "CompositeExplicitAutograd")
     torch.library.register_fake(f"fusedsched::{_algorithm}_step", _fake, lib=_LIBRARY)
 
@@ -145,11 +142,19 @@ def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, p
          grad_scale=None, found_inf=None, advance_position=True):
     """Run ``torch.ops.fusedsched.<algorithm>_step`` with its arguments packed from the
     declaration: ``states`` a list in ``SIGNATURES[algorithm].states`` order (None for a
-    list that is off), ``hyper`` a dict of the declared hyperparameters."""
-    signature = SIGNATURES[algorithm]
+    list that is off), ``hyper`` a dict of the declared hyperparameters.
+
+    Eager, with nothing observing the call, the operator's implementation runs without the
+    dispatcher and without the packing that its schema needs: the same kernel call, with
+    the same arguments, as the operator makes."""
+    if not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._autograd._profiler_enabled()):
+        return kernel(backend, algorithm)(
+            params, grads, *states, steps, **hyper, schedule=schedule, position=position,
+            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
     args = [params, grads, *[[] if s is None else s for s in states], steps, position,
             schedule]
-    for name, kind in signature.hyper:
+    for name, kind in SIGNATURES[algorithm].hyper:
         value = hyper[name]
         if kind == "scalar":
             if isinstance(value, torch.Tensor):
@@ -159,10 +164,7 @@ def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, p
         else:
             args.append(value)
     args += [grad_scale, found_inf, advance_position, backend]
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._autograd._profiler_enabled()):
-        return OPS[algorithm](*args)
-    return _IMPLEMENTATIONS[algorithm](*args)
+    return OPS[algorithm](*args)
 
 
 OPS = {name: getattr(torch.ops.fusedsched, f"{name}_step").default for name in SIGNATURES}

@@ -405,19 +405,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         _aids.check_params(self, plans)
         if self.max_grad_norm is not None:
             grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
-        state_same = not traced and self._state_unchanged()
         fresh = []
         for plan in plans:
             if found_inf is not None and self.algorithm == "sgd":
                 fresh += [p for p in plan.params if "momentum_buffer" not in self.state[p]]
             if plan.direct:
                 # no DTensor, nothing lifted: no context to enter
-                self._launch(plan, grad_scale, found_inf, state_same)
+                self._launch(plan, grad_scale, found_inf)
                 continue
             with _local_shards(self, plan.params) as local, _aids.lifted(self, local) as lifted:
                 self._launch(plan._replace(params=lifted, ptrs=None), grad_scale, found_inf)
-        if not traced:  # taken before the dicts below are replaced: the next step sees them
-            self._state_seen = (self.state, list(self.state), list(self.state.values()))
         if fresh and bool(found_inf.reshape(())):
             # A skipped first update leaves no momentum buffer behind (torch's fused SGD
             # leaves an uninitialised one: LibreYOLO PR 771). One host read of found_inf,
@@ -426,16 +423,6 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self.state[p] = {k: v for k, v in self.state[p].items()
                                  if k != "momentum_buffer"}
         return loss
-
-    def _state_unchanged(self):
-        """True when no per-parameter state dict was added, replaced or removed since the
-        last eager step (``opt.state[p] = {}``, ``del opt.state[p]``, ``load_state_dict``):
-        two identity passes, no hashing (a tensor's ``__hash__`` is a Python call)."""
-        seen = self.__dict__.get("_state_seen")     # (state, keys, values)
-        state = self.state
-        return (seen is not None and seen[0] is state and len(state) == len(seen[1])
-                and all(map(operator.is_, state, seen[1]))
-                and all(map(operator.is_, state.values(), seen[2])))
 
     def _traced_plan(self, group):
         """``_plan`` for a step traced by torch.compile: every check of ``_plan`` and
@@ -569,11 +556,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameters of one group must be on one device, got "
                              f"{device} and {p.device if p.device != device else g.device}")
 
-    def _launch(self, plan, grad_scale, found_inf, state_same=False):
+    def _launch(self, plan, grad_scale, found_inf):
         """Create missing state, then one ``torch.ops.fusedsched.<algorithm>_step`` call per
-        dtype of the group's parameters (``kernels/ops.py``). ``state_same``: no
-        per-parameter state dict was replaced since the last eager step
-        (``_state_unchanged``), so the memo's lists may serve."""
+        dtype of the group's parameters (``kernels/ops.py``)."""
         group, device, params, backend, lr, schedule, memo = plan[:7]
         position = group["schedule_position"]
         if position.device != device or position.dtype != torch.float64:
@@ -592,8 +577,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             args = self._kernel_args(group, lr)
         grad_scale = _device_scalar(grad_scale, device)
         found_inf = _device_scalar(found_inf, device)
-        calls = memo.calls if memo and state_same and plan.ptrs is not None else None
-        if calls is None or not calls.serves(self.state):
+        calls = memo.calls if memo and plan.ptrs is not None else None
+        if calls is None or not calls.serves(self.state, params):
             calls = _Calls(self, params, keys, device)
             if memo:
                 memo.calls = calls
@@ -871,10 +856,10 @@ class _Calls:
     parameters with a grad and every per-parameter state dict are the same objects with
     the same values (``serves``); the gradients are read at each call."""
 
-    __slots__ = ("lists", "states", "values", "plain")
+    __slots__ = ("lists", "state", "keys", "dicts", "states", "values", "plain")
 
     def __init__(self, opt, params, keys, device):
-        state = opt.state
+        state = self.state = opt.state
         by_dtype = {}
         for p in params:
             s = state[p]
@@ -889,13 +874,20 @@ class _Calls:
         self.lists = [(ps, [None if k is None else [state[p][k] for p in ps] for k in keys],
                        [state[p]["step"] for p in ps]) for ps in by_dtype.values()]
         self.states = [state[p] for p in params]
+        self.keys, self.dicts = list(state), list(state.values())
         self.values = list(chain.from_iterable(map(dict.values, self.states)))
         self.plain = all(dtype in _REAL_DTYPES for dtype in by_dtype) and all(
             _contiguous(s) for _, lists, _ in self.lists for s in lists if s is not None)
 
-    def serves(self, state):
-        """The per-parameter state dicts and their values are those the lists were made
-        of (``opt.state[p].clear()``, ``opt.state[p]["exp_avg"] = ...`` rebuild them)."""
+    def serves(self, state, params):
+        """``state`` (the optimizer's, which ``load_state_dict`` replaces) holds for
+        ``params`` the per-parameter state dicts, with the values, that the lists were made
+        of (``opt.state[p] = {}``, ``opt.state[p].clear()``, ``opt.state[p]["exp_avg"] =
+        ...`` rebuild them). Identity passes only: no hashing of tensors."""
+        if (state is not self.state or len(params) != len(self.states)
+                or len(state) != len(self.keys) or not all(map(operator.is_, state, self.keys))
+                or not all(map(operator.is_, state.values(), self.dicts))):
+            return False
         values = list(chain.from_iterable(map(dict.values, self.states)))
         return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
