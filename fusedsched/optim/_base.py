@@ -390,28 +390,50 @@ class FusedOptimizer(torch.optim.Optimizer):
             torch._C._set_grad_enabled(True)
 
     def _step(self, closure):
+        # Traced by torch.compile: the same checks and the same operator calls, without the
+        # host caches (dynamo's guards on the groups' values and the tensors' metadata
+        # decide when the traced step is valid). The eager step is never traced: after a
+        # graph break that dynamo cannot resume (one inside torch's step wrapper), it would
+        # otherwise compile the eager step's functions frame by frame, pointers and all.
+        if torch.compiler.is_compiling() and not self._has_complex():
+            return self._run_step(closure, True)
+        if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
+            return self._run_step(closure, True)
+        # Complex parameters: Inductor cannot functionalize an in-place operator on their
+        # view_as_real views (auto_functionalized_v2 stays in the graph), so a traced step
+        # breaks the graph here and steps eagerly.
+        return self._eager_step(closure)
+
+    def _has_complex(self):
+        return any(p.is_complex() for group in self.param_groups for p in group["params"])
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        return self._run_step(closure, False)
+
+    def _run_step(self, closure, traced):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        # Traced by torch.compile: the same checks and the same operator calls, without the
-        # host caches (dynamo's guards on the groups' values and the tensors' metadata
-        # decide when the traced step is valid).
-        traced = torch.compiler.is_compiling()
         plan = self._traced_plan if traced else self._plan
         plans = [plan(group) for group in self.param_groups]
         _aids.check_params(self, plans)
         if self.max_grad_norm is not None:
             grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
         fresh = []
-        for plan in plans:
-            if found_inf is not None and self.algorithm == "sgd":
-                fresh += [p for p in plan.params if "momentum_buffer" not in self.state[p]]
+        # Every direct group's state is created and checked against its parameters
+        # before any kernel writes (a state tensor replaced by hand is checked here).
+        if found_inf is not None and self.algorithm == "sgd":
+            fresh = [p for plan in plans for p in plan.params
+                     if "momentum_buffer" not in self.state[p]]
+        calls = [self._calls(plan) if plan.direct else None for plan in plans]
+        for plan, prepared in zip(plans, calls):
             if plan.direct:
                 # no DTensor, nothing lifted: no context to enter
-                self._launch(plan, grad_scale, found_inf)
+                self._launch(plan, grad_scale, found_inf, prepared)
                 continue
             with _local_shards(self, plan.params) as local, _aids.lifted(self, local) as lifted:
                 self._launch(plan._replace(params=lifted, ptrs=None), grad_scale, found_inf)
@@ -427,10 +449,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _traced_plan(self, group):
         """``_plan`` for a step traced by torch.compile: every check of ``_plan`` and
         ``_scan`` of the tensors, run while tracing (on metadata dynamo guards on), no
-        cache. The hyperparameters are not validated here: dynamo may trace a float that
-        changes between calls as a symbolic input (no recompile when lr changes), which the
-        checks cannot read; they are validated at construction, ``add_param_group``,
-        ``load_state_dict`` and every eager step."""
+        cache. The hyperparameters are not validated here (a check that reads a value
+        would break the graph or guard on it); they are validated at construction,
+        ``add_param_group``, ``load_state_dict`` and every eager step."""
         params = [p for p in group["params"] if p.grad is not None]
         device = params[0].device if params else group["schedule_position"].device
         lifted = _aids.lifted_dtypes(self)
@@ -446,7 +467,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             if state:
                 _check_state(p, state, lifted)
         lr, schedule = self._scheduled_lr(group)
-        return _Plan(group, device, params, _backend.resolve(self.backend, device), lr,
+        return _Plan(group, device, params,
+                     self._backend_for(device, params, [p.grad for p in params]), lr,
                      schedule, None, None, direct)
 
     def _scheduled_lr(self, group):
@@ -526,9 +548,27 @@ class FusedOptimizer(torch.optim.Optimizer):
         memo.dtypes, memo.shapes, memo.device = dtypes, shapes, device
         memo.index = {-1 if device.type == "cpu" else device.index}
         memo.ptrs = ptrs if plain else None
-        memo.backend = _backend.resolve(self.backend, device)
+        memo.backend = self._backend_for(device, live, grads)
         memo.direct = plain and not set(dtypes) & set(_aids.lifted_dtypes(self))
         memo.launch = memo.calls = None
+
+    def _backend_for(self, device, params, grads):
+        """The backend for a group's tensors: the compiled kernels address plain tensors'
+        memory; a tensor subclass that wraps others (its ``data_ptr()`` is 0) is stepped
+        by the reference backend (in torch ops, as torch.optim steps it) when the backend
+        is "auto", and refused by an explicit compiled one."""
+        backend = _backend.resolve(self.backend, device)
+        if backend == "reference":
+            return backend
+        wrapped = [t for t in params + grads
+                   if type(t) not in _PLAIN_PARAMS and not _is_dtensor(t)]
+        if not wrapped:
+            return backend
+        if self.backend == "auto":
+            return "reference"
+        raise ValueError(f"backend={self.backend!r} cannot step a {type(wrapped[0]).__name__} "
+                         f"tensor (shape {tuple(wrapped[0].shape)}): its kernels address "
+                         f"plain tensors' memory; use backend='reference' or 'auto'")
 
     def _check_param(self, p, g, device):
         """Raise the error that fits a parameter and grad that failed the quick test."""
@@ -556,9 +596,21 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameters of one group must be on one device, got "
                              f"{device} and {p.device if p.device != device else g.device}")
 
-    def _launch(self, plan, grad_scale, found_inf):
-        """Create missing state, then one ``torch.ops.fusedsched.<algorithm>_step`` call per
-        dtype of the group's parameters (``kernels/ops.py``)."""
+    def _calls(self, plan):
+        """The group's ``_Calls``: the memo's while they serve, else made anew (missing
+        state created, every state tensor checked against its parameter)."""
+        memo = plan.memo
+        calls = memo.calls if memo is not None and plan.ptrs is not None else None
+        if calls is None or not calls.serves(self.state, plan.params):
+            calls = _Calls(self, plan.params, self._state_keys(plan.group), plan.device)
+            if memo is not None:
+                memo.calls = calls
+        return calls
+
+    def _launch(self, plan, grad_scale, found_inf, calls=None):
+        """One ``torch.ops.fusedsched.<algorithm>_step`` call per dtype of the group's
+        parameters (``kernels/ops.py``), with ``calls`` (``_calls``; made here for
+        parameters an aid or DTensor replaced)."""
         group, device, params, backend, lr, schedule, memo = plan[:7]
         position = group["schedule_position"]
         if position.device != device or position.dtype != torch.float64:
@@ -577,27 +629,20 @@ class FusedOptimizer(torch.optim.Optimizer):
             args = self._kernel_args(group, lr)
         grad_scale = _device_scalar(grad_scale, device)
         found_inf = _device_scalar(found_inf, device)
-        calls = memo.calls if memo and plan.ptrs is not None else None
-        if calls is None or not calls.serves(self.state, params):
+        if calls is None:
             calls = _Calls(self, params, keys, device)
-            if memo:
-                memo.calls = calls
         if not calls.lists:
             position.add_(1.0)
             return
         last = len(calls.lists) - 1
         for n, (ps, states, steps) in enumerate(calls.lists):
             grads = [p.grad for p in ps]
-            staged = None
-            if not (calls.plain and _contiguous(ps) and _contiguous(grads)):
-                staged = _Staged()
-                ps, grads = [staged(p) for p in ps], [staged(g) for g in grads]
-                states = [None if s is None else [staged(t) for t in s] for s in states]
-            ops.call(self.algorithm, backend, ps, grads, states, steps, args,
-                     schedule=program, position=position, grad_scale=grad_scale,
-                     found_inf=found_inf, advance_position=n == last)
-            if staged is not None:
-                staged.write_back()
+            kw = dict(schedule=program, position=position, grad_scale=grad_scale,
+                      found_inf=found_inf, advance_position=n == last)
+            if calls.plain and _contiguous(ps) and _contiguous(grads):
+                ops.call(self.algorithm, backend, ps, grads, states, steps, args, **kw)
+            else:
+                _staged_call(self.algorithm, backend, ps, grads, states, steps, args, kw)
 
     @property
     def last_grad_norm(self):
@@ -861,10 +906,18 @@ class _Calls:
     def __init__(self, opt, params, keys, device):
         state = self.state = opt.state
         by_dtype = {}
+        lifted = _aids.lifted_dtypes(opt)
         for p in params:
             s = state[p]
             if "step" not in s:
                 s["step"] = torch.zeros((), dtype=torch.float64, device=device)
+            else:
+                step = s["step"]
+                if (not isinstance(step, torch.Tensor) or step.dtype != torch.float64
+                        or step.device != device or step.dim() != 0):
+                    # a count set by hand as torch keeps it (float32, or a number)
+                    s["step"] = torch.as_tensor(step).to(device, torch.float64).reshape(())
+            _check_state(p, s, lifted)
             for key in keys:
                 if key is not None and key not in s:
                     s[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -892,6 +945,20 @@ class _Calls:
         return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
 
+def _staged_call(algorithm, backend, ps, grads, states, steps, args, kw):
+    """``ops.call`` on contiguous real copies (views) of non-contiguous or complex tensors,
+    written back after the call. A gradient is written back only when the kernel unscales
+    it, and not when its elements overlap (an expanded grad cannot be written)."""
+    staged = _Staged()
+    ps = [staged(p) for p in ps]
+    grads = [staged(g, kw["grad_scale"] is not None
+                    and torch._debug_has_internal_overlap(g) == 0) for g in grads]
+    states = [None if s is None else [staged(t) for t in s] for s in states]
+    ops.call(algorithm, backend, ps, grads, states, steps, args, **kw)
+    staged.write_back()
+
+
+
 class _Staged:
     """Contiguous, real views of the tensors a kernel writes; a non-contiguous tensor is
     copied in and written back after the call (rare: parameters are contiguous in
@@ -900,10 +967,11 @@ class _Staged:
     def __init__(self):
         self._pending = []
 
-    def __call__(self, tensor):
+    def __call__(self, tensor, write_back=True):
         if not tensor.is_contiguous():
             contiguous = tensor.contiguous()
-            self._pending.append((tensor, contiguous))
+            if write_back:
+                self._pending.append((tensor, contiguous))
             tensor = contiguous
         return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 

@@ -17,9 +17,18 @@ import torch
 
 from .. import schedules as S
 
+def fake_mode_active():
+    """A FakeTensorMode is on the dispatch stack (values cannot be read)."""
+    if not torch._C._len_torch_dispatch_stack():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())
+
+
 def _read(tensor):
     """A 1-element tensor's value as a float where reading it is free, else None."""
-    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling() or fake_mode_active():
         return None
     return float(tensor.detach().reshape(()))
 
@@ -152,13 +161,11 @@ def drop_in(**flags):
     """torch.optim's implementation switches (``foreach``, ``fused``, ``capturable``,
     ``differentiable``), accepted so that code written for torch runs with only the class
     changed, and returned for the group defaults, where torch records them. The update is
-    always one fused, capturable kernel call whatever they say; ``differentiable=True``
-    (autograd through ``step()``) raises NotImplementedError."""
-    for name, value in flags.items():
-        allowed = (bool,) if name in ("capturable", "differentiable") else (bool, type(None))
-        if not isinstance(value, allowed):
-            kind = "a bool" if len(allowed) == 1 else "None or a bool"
-            raise TypeError(f"{name} must be {kind}, got {name}={value!r}")
+    always one fused, capturable kernel call whatever they say. As torch: ``fused`` and
+    ``foreach`` both true raises RuntimeError. ``differentiable=True`` (autograd through
+    ``step()``) raises NotImplementedError."""
+    if flags.get("fused") and flags.get("foreach"):
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if flags.get("differentiable"):
         raise NotImplementedError(
             "differentiable=True is not supported: fusedsched's step() writes parameters and "

@@ -639,6 +639,9 @@ def marker_of(params):
         raise TypeError(f"numba backend: unsupported dtype {dtype}") from None
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)   # a wrapper subclass's data_ptr() is 0
+
+
 def pack(params, lists, steps):
     """(address table int64[n, len(lists) + 2], offsets int64[n + 1]).
 
@@ -664,9 +667,12 @@ def pack(params, lists, steps):
                 cols.append(t)
                 row.append(t.data_ptr())
         for t in cols:
-            if t.device.type != "cpu" or t.dtype != dtype or t.numel() != numel or not t.is_contiguous():
+            if (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != dtype
+                    or t.numel() != numel or not t.is_contiguous()
+                    or (numel and not t.data_ptr())):
                 raise ValueError(
-                    "numba backend: every tensor must be a contiguous CPU tensor of the "
+                    "numba backend: every tensor must be a plain (not a subclass), "
+                    "contiguous CPU tensor of the "
                     f"params' dtype and size (tensor {i}: {t.device}, {t.dtype}, "
                     f"{tuple(t.shape)}, expected {dtype} numel {numel})")
         s = steps[i]

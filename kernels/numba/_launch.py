@@ -3,17 +3,21 @@
 A kernel call reads an int64 table (one row per tensor: the data pointers of param, grad,
 each state tensor, and the address of its 0-dim float64 step) and the element offsets
 (``_common.pack``). Building it is a Python pass over every tensor; ``table`` keeps the
-table of the last call with the same tensors and reuses it while it is valid:
+table of the last call with the same tensors and reuses it while it is valid, which it
+checks at every call, without holding any tensor (a cache that held them would keep the
+state of a deleted optimizer alive):
 
-* the parameters, state tensors and steps are the same objects (the cache holds them, so
-  no storage it addresses can be freed and its address reused), and the parameters' data
-  pointers and contiguity are unchanged (``p.data = ...`` keeps the object);
-* the gradients are new objects at most steps (``zero_grad(set_to_none=True)``): their
-  data pointers are read every call and a moved gradient only patches its column; a
-  gradient that is not contiguous (``p.grad = x.t()`` at the old address) rebuilds.
+* every column's data pointers are those of the tensors of this call (read now: live
+  tensors); ``p.data = ...`` and ``state.data = ...`` move them;
+* the parameters' sizes and contiguity are unchanged, and the state tensors and steps are
+  the same objects (``id``: a replaced state tensor is another object; the optimizer
+  checks a new state tensor's shape and dtype against its parameter before it reaches
+  here);
+* a gradient is a new object at most steps (``zero_grad(set_to_none=True)``): a moved
+  gradient only patches its column, after its dtype, size and contiguity are checked.
 
-Anything else rebuilds the table, with ``pack``'s full checks. Entries are keyed weakly by
-the first parameter: an optimizer that is gone leaves nothing behind.
+Anything else rebuilds the table, with ``pack``'s full checks. Entries are keyed by the
+first parameter and dropped when it is freed.
 """
 
 import operator
@@ -31,33 +35,33 @@ _dtype = operator.attrgetter("dtype")
 # WeakKeyDictionary: its look-up compares keys with ``==``, elementwise for tensors.
 _ENTRIES = {}
 _PER_KEY = 4
+_PLAIN = {torch.Tensor, torch.nn.Parameter}
 
 
 class _Entry:
-    __slots__ = ("rest", "states", "steps", "param_ptrs", "grad_ptrs", "numels", "dtype",
-                 "table", "offsets")
+    __slots__ = ("ptrs", "ids", "grad_ptrs", "numels", "dtype", "table", "offsets")
 
     def __init__(self, params, grads, states, steps):
         self.table, self.offsets = pack(params, [grads] + states, steps)
-        self.rest = params[1:]       # params[0] is the key: not held here
-        self.states = [None if s is None else list(s) for s in states]
-        self.steps = list(steps)
-        self.param_ptrs = self.table[:, 0].tolist()
+        # per column but the grads': data pointers (None: a list that is off)
+        self.ptrs = [list(map(_data_ptr, c)) if c is not None else None
+                     for c in [params] + states + [steps]]
+        self.ids = [list(map(id, c)) if c is not None else None for c in states + [steps]]
         self.grad_ptrs = self.table[:, 1].tolist()
-        self.numels = list(map(torch.Tensor.numel, params))
+        self.numels = list(map(_numel, params))
         self.dtype = {params[0].dtype}
 
     def serves(self, params, states, steps):
-        if (len(params) != len(self.rest) + 1 or len(states) != len(self.states)
-                or not all(map(operator.is_, params[1:], self.rest))
-                or not all(map(operator.is_, steps, self.steps))):
+        if len(params) != len(self.numels) or len(states) + 2 != len(self.ptrs):
             return False
-        for have, want in zip(states, self.states):
-            if (have is None) != (want is None) or (
-                    have is not None and not all(map(operator.is_, have, want))):
+        for col, ptrs in zip([params] + states + [steps], self.ptrs):
+            if (col is None) != (ptrs is None) or (
+                    col is not None and list(map(_data_ptr, col)) != ptrs):
                 return False
-        return (list(map(_data_ptr, params)) == self.param_ptrs
-                and all(map(_is_contiguous, params)))
+        for col, ids in zip(states + [steps], self.ids):
+            if col is not None and list(map(id, col)) != ids:
+                return False
+        return list(map(_numel, params)) == self.numels and all(map(_is_contiguous, params))
 
 
 def table(params, grads, states, steps):
@@ -76,6 +80,7 @@ def table(params, grads, states, steps):
                 grad_ptrs = list(map(_data_ptr, grads))
                 if grad_ptrs != entry.grad_ptrs:
                     if (set(map(_dtype, grads)) != entry.dtype
+                            or not set(map(type, grads)) <= _PLAIN
                             or list(map(_numel, grads)) != entry.numels):
                         break
                     entry.table[:, 1] = grad_ptrs
