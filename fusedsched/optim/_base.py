@@ -210,6 +210,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
     _count_restarted_by = ()  # state keys whose creation resets ``step`` to 0
+    _dropped_on_skip = None   # a state key that an AMP-skipped first update must not leave
 
     # The arguments every optimizer shares, documented once; each class docstring holds
     # the marker "{shared_args}" where they go.
@@ -426,9 +427,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         fresh = []
         # Every direct group's state is created and checked against its parameters
         # before any kernel writes (a state tensor replaced by hand is checked here).
-        if found_inf is not None and self.algorithm == "sgd":
-            fresh = [p for plan in plans for p in plan.params
-                     if "momentum_buffer" not in self.state[p]]
+        dropped = self._dropped_on_skip
+        if found_inf is not None and dropped:
+            fresh = [p for plan in plans for p in plan.params if dropped not in self.state[p]]
         calls = [self._calls(plan) if plan.direct else None for plan in plans]
         for plan, prepared in zip(plans, calls):
             if plan.direct:
@@ -443,7 +444,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             # only on a step that created buffers.
             for p in fresh:     # a new dict, not a pop: launch caches hold the old one
                 self.state[p] = {k: v for k, v in self.state[p].items()
-                                 if k != "momentum_buffer"}
+                                 if k != dropped}
         return loss
 
     def _traced_plan(self, group):

@@ -38,6 +38,8 @@ class SGD(FusedOptimizer):
     algorithm = "sgd"
     # the kernel's buffer takes the gradient itself at step 0: a new buffer restarts it
     _count_restarted_by = ("momentum_buffer",)
+    # torch's SGD initialises the buffer from the first applied update's gradient
+    _dropped_on_skip = "momentum_buffer"
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
