@@ -47,15 +47,16 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> dict:
             twins.append((params, fs.AdamW(params, lr=1e-3, schedule=_schedule(S))))
         eager = twins[0][1].step
         compiled = torch.compile(twins[1][1].step, fullgraph=True)
-        for _ in range(3):
+        for _ in range(3):      # warm-up (compiles), and the same steps for the check
             eager()
             compiled()
+        same = all(torch.equal(a, b) for a, b in zip(twins[0][0], twins[1][0]))
         times = {"eager": [], "compiled": []}
         for _ in range(rounds):
             times["eager"].append(_median_s(eager, min_run_time))
             times["compiled"].append(_median_s(compiled, min_run_time))
+        # (the timed calls differ in number between the two: compared before timing)
         e, c = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
-        same = all(torch.equal(a, b) for a, b in zip(twins[0][0], twins[1][0]))
         out["step"].append({"workload": f"AdamW step, {label} fp32", "eager_ms": e,
                             "compiled_ms": c, "compiled_vs_eager": c / e,
                             "bit_identical": same})
