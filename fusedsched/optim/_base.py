@@ -637,7 +637,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             return
         last = len(calls.lists) - 1
         for n, (ps, states, steps) in enumerate(calls.lists):
-            grads = [p.grad for p in ps]
+            grads = [p.grad for p in ps]    # not map(attrgetter): dynamo cannot trace it
             kw = dict(schedule=program, position=position, grad_scale=grad_scale,
                       found_inf=found_inf, advance_position=n == last)
             if calls.plain and _contiguous(ps) and _contiguous(grads):
