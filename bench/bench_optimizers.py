@@ -141,3 +141,19 @@ def test_torch_nan_is_not_fusedsched_failure():
     assert rec["params_finite"] and rec["finite"]["loop"] is False
     rec = B.summarize(wl, times, {}, {"loop": True, "fusedsched": False}, False)
     assert not rec["params_finite"]
+
+
+def test_cli_compile_rows(tmp_path):
+    """``fusedsched bench --only compile``: the torch.compile rows end to end (quick: one
+    step workload and the train steps), the compiled step bit-identical to the eager one."""
+    from fusedsched.cli import main
+
+    rc = main(["bench", "--quick", "--only", "compile", "--no-startup", "--rounds", "1",
+               "--min-run-time", "0.005", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["results"] == []
+    (row,) = result["compile"]["step"]
+    assert row["bit_identical"] and row["eager_ms"] > 0 and row["compiled_ms"] > 0
+    assert set(result["compile"]["train"]["ms"]) == {
+        "fusedsched, eager", "fusedsched, compiled", "torch fused, eager", "torch fused, compiled"}
