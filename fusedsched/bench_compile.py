@@ -11,16 +11,10 @@ one process, interleaved over rounds:
 """
 
 import statistics
-import timeit
+
+from .bench import _time_once as _median_s   # median s per call over timeit blocks
 
 WORKLOAD_TENSORS = (("10 x 64k", 10, 1 << 16), ("100 x 1k", 100, 1 << 10))
-
-
-def _median_s(fn, min_run_time, blocks=5):
-    t = timeit.Timer(fn)
-    once = t.timeit(1)
-    number = max(1, int(min_run_time / blocks / max(once, 1e-7)))
-    return statistics.median(t.repeat(repeat=blocks, number=number)) / number
 
 
 def _schedule(S):

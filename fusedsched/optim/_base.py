@@ -455,18 +455,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``add_param_group``, ``load_state_dict`` and every eager step."""
         params = [p for p in group["params"] if p.grad is not None]
         device = params[0].device if params else group["schedule_position"].device
+        self._check_params(params, [p.grad for p in params], device)
+        self._check_states(params)
         lifted = _aids.lifted_dtypes(self)
-        direct = True
-        for p in params:
-            g = p.grad
-            if (_is_dtensor(p) or _is_dtensor(g) or g.is_sparse or p.dtype not in _DTYPES
-                    or g.dtype != p.dtype or g.shape != p.shape or g.device != device
-                    or p.device != device):
-                self._check_param(p, g, device)
-            direct = direct and not _is_dtensor(p) and p.dtype not in lifted
-            state = self.state.get(p)
-            if state:
-                _check_state(p, state, lifted)
+        direct = not any(_is_dtensor(p) or p.dtype in lifted for p in params)
         lr, schedule = self._scheduled_lr(group)
         return _Plan(group, device, params,
                      self._backend_for(device, params, [p.grad for p in params]), lr,
@@ -533,18 +525,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         except RuntimeError:        # no storage: sparse
             ok = plain = False
         if not ok:
-            for p, g in zip(live, grads):
-                # One cheap test per parameter; the exact reason is worked out only when it
-                # fails, or for DTensor grads.
-                if (type(g) is not torch.Tensor or g.dtype is not p.dtype or g.is_sparse
-                        or p.dtype not in _DTYPES or g.shape != p.shape
-                        or g.device != device or p.device != device):
-                    self._check_param(p, g, device)
-        lifted = _aids.lifted_dtypes(self)
-        for p in live:
-            state = self.state.get(p)
-            if state:
-                _check_state(p, state, lifted)
+            self._check_params(live, grads, device)
+        self._check_states(live)
         memo.params, memo.mask, memo.live = list(params), mask, live
         memo.dtypes, memo.shapes, memo.device = dtypes, shapes, device
         memo.index = {-1 if device.type == "cpu" else device.index}
@@ -570,6 +552,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise ValueError(f"backend={self.backend!r} cannot step a {type(wrapped[0]).__name__} "
                          f"tensor (shape {tuple(wrapped[0].shape)}): its kernels address "
                          f"plain tensors' memory; use backend='reference' or 'auto'")
+
+    def _check_params(self, params, grads, device):
+        """One cheap test per parameter and grad; the exact reason is worked out
+        (``_check_param``) only when it fails, or for DTensor grads."""
+        for p, g in zip(params, grads):
+            if (type(g) is not torch.Tensor or g.dtype is not p.dtype or g.is_sparse
+                    or p.dtype not in _DTYPES or g.shape != p.shape
+                    or g.device != device or p.device != device):
+                self._check_param(p, g, device)
+
+    def _check_states(self, params):
+        """The existing state of each parameter fits it (``_check_state``)."""
+        lifted = _aids.lifted_dtypes(self)
+        for p in params:
+            state = self.state.get(p)
+            if state:
+                _check_state(p, state, lifted)
 
     def _check_param(self, p, g, device):
         """Raise the error that fits a parameter and grad that failed the quick test."""
