@@ -12,6 +12,8 @@ from itertools import chain, compress, repeat
 from typing import NamedTuple
 
 import torch
+from torch._C._dynamo.eval_frame import get_eval_frame_callback as _eval_frame_callback
+from torch.optim import optimizer as _optimizer
 
 from .. import schedules as S
 from ..kernels import ops
@@ -379,7 +381,27 @@ class FusedOptimizer(torch.optim.Optimizer):
         Honours ``self.grad_scale`` / ``self.found_inf`` set by ``torch.amp.GradScaler``
         (gradients are unscaled in the kernel; on found_inf nothing is written and only
         the schedule position advances). With ``max_grad_norm`` the gradients are first
-        clipped by their global norm, in the kernels (``_aids.py``)."""
+        clipped by their global norm, in the kernels (``_aids.py``). Step pre/post hooks
+        (``register_step_pre_hook``, the global ones) and the profiler's
+        ``Optimizer.step#<class>.step`` range are torch's own (``_hooked_step``)."""
+        # torch wraps a subclass's step in Optimizer.profile_hook_step unless it is marked
+        # ``hooked``; that wrapper enters record_function and walks four hook dicts on every
+        # call, the largest fixed cost of a one-tensor step. It runs here exactly when it
+        # has something to do: a hook, the profiler, tracing (dynamo traces what torch's
+        # optimizers run), or a subclass whose own step torch wrapped (its wrapper already
+        # ran the hooks: not twice).
+        if type(self).step is not FusedOptimizer.step:
+            return self._unhooked_step(closure)
+        if (torch.compiler.is_compiling() or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or _optimizer._global_optimizer_pre_hooks
+                or _optimizer._global_optimizer_post_hooks
+                or torch._C._autograd._profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._unhooked_step(closure)
+
+    step.hooked = True
+
+    def _unhooked_step(self, closure=None):
         # Runs under no_grad. The decorator @torch.no_grad() cost 4.6 us a call here, the
         # switch itself 0.8 us.
         if not torch.is_grad_enabled():
@@ -389,6 +411,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             return self._step(closure)
         finally:
             torch._C._set_grad_enabled(True)
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_unhooked_step)
 
     def _step(self, closure):
         # Traced by torch.compile: the same checks and the same operator calls, without the
@@ -400,6 +424,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             return self._run_step(closure, True)
         if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
             return self._run_step(closure, True)
+        if _eval_frame_callback() is None:
+            # No torch.compile frame is running: no frame can be traced, and the
+            # torch.compiler.disable wrapper (which swaps the frame callback) is not needed.
+            return self._run_step(closure, False)
         # Complex parameters: Inductor cannot functionalize an in-place operator on their
         # view_as_real views (auto_functionalized_v2 stays in the graph), so a traced step
         # breaks the graph here and steps eagerly.
