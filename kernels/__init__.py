@@ -23,6 +23,11 @@ grad_scale, found_inf)``
 beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
 position, grad_scale, found_inf)``
 
+The keywords after the tensor lists are the algorithm's hyperparameters as ``ops.SIGNATURES``
+declares them (names, order, kinds), the one declaration that the operator schema, the
+packing of a call and the compiled kernels' float64 hyperparameter buffer (its ``HP_*``
+slots, ``Signature.slot``) all follow; the compiled backends take them as ``**hyper``.
+
 * ``params``, ``grads`` and the state lists: contiguous real tensors, all of one device and
   one dtype (float16, bfloat16, float32 or float64); numel may be 0. (The caller stages
   non-contiguous tensors and views complex ones as real.) State has the params' dtype.

@@ -44,26 +44,53 @@ import torch
 
 class Signature(NamedTuple):
     """One algorithm's kernel call: ``states`` in kernel order, ``hyper`` as (name, kind),
-    kind one of ``"scalar"`` (float or 0-dim tensor), ``"float"``, ``"bool"``."""
+    kind one of ``"scalar"`` (float or 0-dim tensor), ``"float"``, ``"bool"``;
+    ``momentum`` the hyperparameter that a schedule's momentum (one_cycle / cyclic with
+    cycle_momentum) replaces."""
     states: tuple
     hyper: tuple
+    momentum: str
+
+    @property
+    def values(self):
+        """The numeric hyperparameters (kinds "scalar" and "float"), in declaration order:
+        the layout of the kernels' float64 hyperparameter buffer."""
+        return tuple(name for name, kind in self.hyper if kind != "bool")
+
+    def slot(self, name):
+        """The index of hyperparameter ``name`` in the buffer (``values``)."""
+        return self.values.index(name)
+
+    def pack(self, hyper):
+        """The buffer's values from a dict of the declared hyperparameters (floats, or
+        0-dim tensors for kind "scalar"), in ``values`` order. TypeError naming the
+        difference when ``hyper`` does not hold exactly the declared names."""
+        names = [name for name, _ in self.hyper]
+        if len(hyper) != len(names) or not all(name in hyper for name in names):
+            raise TypeError(f"hyperparameters {sorted(hyper)} differ from the declared "
+                            f"{names}: missing {sorted(set(names) - set(hyper))}, unknown "
+                            f"{sorted(set(hyper) - set(names))}")
+        return [hyper[name] for name in self.values]
 
 
 SIGNATURES = {
     "sgd": Signature(
         states=("momentum_buffers",),
         hyper=(("lr", "scalar"), ("momentum", "scalar"), ("dampening", "float"),
-               ("weight_decay", "float"), ("nesterov", "bool"), ("maximize", "bool"))),
+               ("weight_decay", "float"), ("nesterov", "bool"), ("maximize", "bool")),
+        momentum="momentum"),
     "rmsprop": Signature(
         states=("square_avgs", "grad_avgs", "momentum_buffers"),
         hyper=(("lr", "scalar"), ("alpha", "float"), ("eps", "float"),
                ("weight_decay", "float"), ("momentum", "scalar"), ("centered", "bool"),
-               ("maximize", "bool"))),
+               ("maximize", "bool")),
+        momentum="momentum"),
     "adam": Signature(
         states=("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
         hyper=(("lr", "scalar"), ("beta1", "scalar"), ("beta2", "scalar"), ("eps", "float"),
                ("weight_decay", "float"), ("decoupled_weight_decay", "bool"),
-               ("amsgrad", "bool"), ("maximize", "bool"))),
+               ("amsgrad", "bool"), ("maximize", "bool")),
+        momentum="beta1"),
 }
 
 BACKENDS = ("reference", "numba", "triton")

@@ -626,9 +626,11 @@ def setup_threads():
         _threads_set = n
 
 
-def scalar(x) -> float:
-    """A Python float or a one-element CPU tensor as a float."""
-    return float(x)
+def hyper_buffer(signature, hyper):
+    """float64[len(signature.values)]: the numeric hyperparameters of ``hyper`` (floats or
+    one-element CPU tensors) in the declaration's order (``ops.Signature.pack``), which the
+    kernels read at their ``HP_*`` slots."""
+    return np.array([float(v) for v in signature.pack(hyper)], dtype=np.float64)
 
 
 def marker_of(params):
@@ -709,5 +711,5 @@ def amp_args(grad_scale, found_inf):
 
 __all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "sqrt", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "set_sqrt_mode", "sqrt_mode", "tmp", "half_to_float",
            "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
-           "n_chunks", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads", "scalar",
-           "marker_of", "pack", "program_args", "amp_args", "math"]
+           "n_chunks", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads",
+           "marker_of", "hyper_buffer", "pack", "program_args", "amp_args", "math"]

@@ -14,13 +14,19 @@ from numba.extending import overload
 
 from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      lerp, load, make_walk, marker_of, position_at, program_args,
-                      read_steps, scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
+                      hyper_buffer, lerp, load, make_walk, marker_of, position_at,
+                      program_args, read_steps, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
+from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
 
 # address table columns
 _P, _G, _M, _V, _VMAX, _STEP = range(6)
+# the hyperparameter buffer's slots, from the declaration (Numba freezes these globals)
+_SIGNATURE = SIGNATURES["adam"]
+HP_LR, HP_BETA2, HP_EPS, HP_WEIGHT_DECAY = map(_SIGNATURE.slot,
+                                               ("lr", "beta2", "eps", "weight_decay"))
+HP_MOMENTUM = _SIGNATURE.slot(_SIGNATURE.momentum)   # beta1, which a cycled momentum replaces
 
 
 def _moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay, sign, gs,
@@ -165,14 +171,14 @@ def bias_corrections(lr_t, beta1, beta2, step):
 
 
 @njit(**JIT)
-def _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
-             decoupled_weight_decay, maximize, gs, marker):
+def _scalars(ptrs, prog_addr, n_nodes, t, hp, decoupled_weight_decay, maximize, gs, marker):
     """The step's scalars: float64 per tensor (step size, sqrt of bias correction 2),
     then the math-type ones (float32 unless the storage is float64)."""
     program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
     factor, sched_momentum, has_momentum = evaluate(program, t)
-    lr_t = lr * factor
-    b1 = sched_momentum if has_momentum != 0.0 else beta1
+    lr_t = hp[HP_LR] * factor
+    b1 = sched_momentum if has_momentum != 0.0 else hp[HP_MOMENTUM]
+    beta2, eps, weight_decay = hp[HP_BETA2], hp[HP_EPS], hp[HP_WEIGHT_DECAY]
     n = ptrs.shape[0]
     steps = read_steps(ptrs, _STEP)
     step_size = np.empty(n)
@@ -211,42 +217,41 @@ _walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _adam(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, beta1, beta2, eps, weight_decay,
-          decoupled_weight_decay, amsgrad, maximize, has_gs, gs, found_inf, advance_position,
+def _adam(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, decoupled_weight_decay, amsgrad,
+          maximize, has_gs, gs, found_inf, advance_position,
           marker, sqrt_f, parallel):
     """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
     the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
-        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, beta1, beta2, eps, weight_decay,
-                      decoupled_weight_decay, maximize, gs, marker)
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, hp, decoupled_weight_decay, maximize, gs,
+                      marker)
         _walk(parallel, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
-def launch(table, offsets, marker, *, lr, beta1, beta2, eps, weight_decay,
-           decoupled_weight_decay, amsgrad, maximize, schedule, position, grad_scale=None,
+def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None,
            found_inf=None, advance_position=True):
-    """``adam_step`` on an address table already packed (``pack``; the caller keeps it)."""
+    """``adam_step`` on an address table already packed (``pack``; the caller keeps it);
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["adam"]``."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    _adam(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(beta1), scalar(beta2),
-          float(eps), float(weight_decay), bool(decoupled_weight_decay), bool(amsgrad),
-          bool(maximize), has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker),
-          use_pool(offsets, SERIAL_MAX))
+    _adam(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
+          bool(hyper["decoupled_weight_decay"]), bool(hyper["amsgrad"]),
+          bool(hyper["maximize"]), has_gs, gs, skip, bool(advance_position), marker,
+          sqrt_fn(marker), use_pool(offsets, SERIAL_MAX))
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
-              beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True):
-    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,
+              position, grad_scale=None, found_inf=None, advance_position=True, **hyper):
+    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
+    the hyperparameters of ``ops.SIGNATURES["adam"]``)."""
     if not params:
         return empty_step(schedule, position, advance_position)
+    amsgrad = hyper["amsgrad"]
     if amsgrad and max_exp_avg_sqs is None:
         raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
     table, offsets = tables.table(params, grads, [exp_avgs, exp_avg_sqs,
                                                   max_exp_avg_sqs if amsgrad else None], steps)
-    launch(table, offsets, marker_of(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-           weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-           amsgrad=amsgrad, maximize=maximize, schedule=schedule, position=position,
+    launch(table, offsets, marker_of(params), hyper, schedule=schedule, position=position,
            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)

@@ -12,13 +12,19 @@ from numba.extending import overload
 
 from . import _launch as tables
 from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      lerp, load, make_walk, marker_of, position_at, program_args,
-                      scalar, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
+                      hyper_buffer, lerp, load, make_walk, marker_of, position_at,
+                      program_args, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
 from .schedule import evaluate
+from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
 
 # address table columns
 _P, _G, _SQ, _GAVG, _BUF, _STEP = range(6)
+# the hyperparameter buffer's slots, from the declaration (Numba freezes these globals)
+_SIGNATURE = SIGNATURES["rmsprop"]
+HP_LR, HP_ALPHA, HP_EPS, HP_WEIGHT_DECAY = map(_SIGNATURE.slot,
+                                               ("lr", "alpha", "eps", "weight_decay"))
+HP_MOMENTUM = _SIGNATURE.slot(_SIGNATURE.momentum)
 
 
 def _averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd, sign, gs, zero,
@@ -187,12 +193,12 @@ def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, 
 
 
 @njit(**JIT)
-def _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize, gs,
-             marker):
+def _scalars(prog_addr, n_nodes, t, hp, maximize, gs, marker):
     """The step's math-type scalars (float32 unless the storage is float64)."""
     program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
     factor, sched_momentum, has_momentum = evaluate(program, t)
-    mom = sched_momentum if has_momentum != 0.0 else momentum
+    lr, alpha, eps, weight_decay = hp[HP_LR], hp[HP_ALPHA], hp[HP_EPS], hp[HP_WEIGHT_DECAY]
+    mom = sched_momentum if has_momentum != 0.0 else hp[HP_MOMENTUM]
     one_m_alpha = ct(1.0 - alpha, marker)
     return (ct(-(lr * factor), marker), ct(alpha, marker), one_m_alpha,
             ct(1.0, marker) - one_m_alpha,          # lerp's 1 - w, w = 1 - alpha
@@ -223,42 +229,40 @@ _walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _rmsprop(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, alpha, eps, weight_decay,
-             momentum, centered, maximize, has_buf, has_gs, gs, found_inf, advance_position,
-             marker, sqrt_f, parallel):
+def _rmsprop(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, centered, maximize, has_buf,
+             has_gs, gs, found_inf, advance_position, marker, sqrt_f, parallel):
     """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
     the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
-        sc = _scalars(prog_addr, n_nodes, t, lr, alpha, eps, weight_decay, momentum, maximize,
-                      gs, marker)
+        sc = _scalars(prog_addr, n_nodes, t, hp, maximize, gs, marker)
         _walk(parallel, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
-def launch(table, offsets, marker, *, lr, alpha, eps, weight_decay, momentum, centered,
-           maximize, schedule, position, grad_scale=None, found_inf=None,
-           advance_position=True, has_buf):
-    """``rmsprop_step`` on an address table already packed (``pack``; the caller keeps it)."""
+def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None,
+           found_inf=None, advance_position=True, has_buf):
+    """``rmsprop_step`` on an address table already packed (``pack``; the caller keeps it);
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    _rmsprop(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), float(alpha), float(eps),
-             float(weight_decay), scalar(momentum), bool(centered), bool(maximize), has_buf,
-             has_gs, gs, skip, bool(advance_position), marker, sqrt_fn(marker),
-             use_pool(offsets, SERIAL_MAX))
+    _rmsprop(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
+             bool(hyper["centered"]), bool(hyper["maximize"]), has_buf, has_gs, gs, skip,
+             bool(advance_position), marker, sqrt_fn(marker), use_pool(offsets, SERIAL_MAX))
 
 
-def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
-                 alpha, eps, weight_decay, momentum, centered, maximize, schedule, position,
-                 grad_scale=None, found_inf=None, advance_position=True):
-    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
+                 schedule, position, grad_scale=None, found_inf=None, advance_position=True,
+                 **hyper):
+    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``;
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``)."""
     if not params:
         return empty_step(schedule, position, advance_position)
+    centered = hyper["centered"]
     if centered and grad_avgs is None:
         raise ValueError("numba rmsprop_step: centered needs grad_avgs")
     table, offsets = tables.table(params, grads, [square_avgs, grad_avgs if centered else None,
                                                   momentum_buffers], steps)
-    launch(table, offsets, marker_of(params), lr=lr, alpha=alpha, eps=eps,
-           weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
-           schedule=schedule, position=position, grad_scale=grad_scale, found_inf=found_inf,
-           advance_position=advance_position, has_buf=momentum_buffers is not None)
+    launch(table, offsets, marker_of(params), hyper, schedule=schedule, position=position,
+           grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+           has_buf=momentum_buffers is not None)

@@ -9,13 +9,18 @@ from numba import njit
 
 from . import _launch as tables
 from ._common import (JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
-                      load, make_walk, marker_of, position_at, program_args, read_steps,
-                      scalar, store, use_pool, view)
+                      hyper_buffer, load, make_walk, marker_of, position_at, program_args,
+                      read_steps, store, use_pool, view)
 from .schedule import evaluate
+from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
 
 # address table columns
 _P, _G, _BUF, _STEP = range(4)
+# the hyperparameter buffer's slots, from the declaration (Numba freezes these globals)
+_SIGNATURE = SIGNATURES["sgd"]
+HP_LR, HP_DAMPENING, HP_WEIGHT_DECAY = map(_SIGNATURE.slot, ("lr", "dampening", "weight_decay"))
+HP_MOMENTUM = _SIGNATURE.slot(_SIGNATURE.momentum)
 
 
 @njit(inline="always", **JIT)
@@ -66,13 +71,13 @@ def _segment(p, g, buf, neg_lr, momentum, one_m_dampening, wd, sign, gs, first, 
 
 
 @njit(**JIT)
-def _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay, maximize,
-             gs, marker):
+def _scalars(ptrs, prog_addr, n_nodes, t, hp, maximize, gs, marker):
     """The step's scalars: the per-tensor steps, then the math-type ones (float32 unless
     the storage is float64)."""
     program = view(prog_addr, n_nodes * NODE_SIZE, 0.0).reshape((n_nodes, NODE_SIZE))
     factor, sched_momentum, has_momentum = evaluate(program, t)
-    mom = sched_momentum if has_momentum != 0.0 else momentum
+    lr, dampening, weight_decay = hp[HP_LR], hp[HP_DAMPENING], hp[HP_WEIGHT_DECAY]
+    mom = sched_momentum if has_momentum != 0.0 else hp[HP_MOMENTUM]
     return (read_steps(ptrs, _STEP), ct(-(lr * factor), marker), ct(mom, marker),
             ct(1.0 - dampening, marker), ct(weight_decay, marker),
             ct(-1.0 if maximize else 1.0, marker), ct(gs, marker), weight_decay != 0.0)
@@ -97,38 +102,35 @@ _walk = make_walk(_tensor)
 
 
 @njit(**JIT)
-def _sgd(ptrs, offsets, prog_addr, n_nodes, pos_addr, lr, momentum, dampening, weight_decay,
-         nesterov, maximize, has_buf, has_gs, gs, found_inf, advance_position, marker,
-         parallel):
+def _sgd(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, nesterov, maximize, has_buf, has_gs,
+         gs, found_inf, advance_position, marker, parallel):
     """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
     the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
-        sc = _scalars(ptrs, prog_addr, n_nodes, t, lr, momentum, dampening, weight_decay,
-                      maximize, gs, marker)
+        sc = _scalars(ptrs, prog_addr, n_nodes, t, hp, maximize, gs, marker)
         _walk(parallel, ptrs, offsets, sc, (nesterov, has_buf, has_gs), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
-def launch(table, offsets, marker, *, lr, momentum, dampening, weight_decay, nesterov,
-           maximize, schedule, position, grad_scale=None, found_inf=None,
-           advance_position=True, has_buf):
-    """``sgd_step`` on an address table already packed (``pack``; the caller keeps it)."""
+def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None,
+           found_inf=None, advance_position=True, has_buf):
+    """``sgd_step`` on an address table already packed (``pack``; the caller keeps it);
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["sgd"]``."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
-    _sgd(table, offsets, prog_addr, n_nodes, pos_addr, scalar(lr), scalar(momentum),
-         float(dampening), float(weight_decay), bool(nesterov), bool(maximize), has_buf,
-         has_gs, gs, skip, bool(advance_position), marker, use_pool(offsets, SERIAL_MAX))
+    _sgd(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
+         bool(hyper["nesterov"]), bool(hyper["maximize"]), has_buf, has_gs, gs, skip,
+         bool(advance_position), marker, use_pool(offsets, SERIAL_MAX))
 
 
-def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
-             weight_decay, nesterov, maximize, schedule, position, grad_scale=None,
-             found_inf=None, advance_position=True):
-    """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
+def sgd_step(params, grads, momentum_buffers, steps, *, schedule, position, grad_scale=None,
+             found_inf=None, advance_position=True, **hyper):
+    """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
+    the hyperparameters of ``ops.SIGNATURES["sgd"]``)."""
     if not params:
         return empty_step(schedule, position, advance_position)
     table, offsets = tables.table(params, grads, [momentum_buffers], steps)
-    launch(table, offsets, marker_of(params), lr=lr, momentum=momentum, dampening=dampening,
-           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, schedule=schedule,
-           position=position, grad_scale=grad_scale, found_inf=found_inf,
-           advance_position=advance_position, has_buf=momentum_buffers is not None)
+    launch(table, offsets, marker_of(params), hyper, schedule=schedule, position=position,
+           grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+           has_buf=momentum_buffers is not None)

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from .. import schedule_encoding as E
+from ..ops import SIGNATURES
 from .schedule import INTERPRET, evaluate
 
 if INTERPRET:
@@ -191,11 +192,12 @@ def _chunk(tab_ptr, blk_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: 
 
 
 @triton.jit
-def _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, MOM: tl.constexpr):
-    """(lr, momentum), fp64: ``hp[0]`` times the schedule's factor, and the schedule's
-    momentum where it cycles one, else ``hp[MOM]`` (momentum, or Adam's beta1)."""
+def _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, LR: tl.constexpr, MOM: tl.constexpr):
+    """(lr, momentum), fp64: ``hp[LR]`` times the schedule's factor, and the schedule's
+    momentum where it cycles one, else ``hp[MOM]`` (the algorithm's declared momentum:
+    momentum, or Adam's beta1)."""
     factor, s_mom, has_m = evaluate(prog_ptr, n_nodes, tl.load(pos_ptr))
-    lr = tl.load(hp_ptr) * factor
+    lr = tl.load(hp_ptr + LR) * factor
     mom = tl.where(has_m != 0, s_mom, tl.load(hp_ptr + MOM))
     return lr, mom
 
@@ -362,15 +364,28 @@ def tl_dtype(dtype):
             torch.float64: tl.float64}[dtype]
 
 
-def launch(kernel, params, grads, states, steps, hps, *, schedule, position, grad_scale,
-           found_inf, advance_position, checked=None, **flags):
+def slots(algorithm):
+    """``{name: tl.constexpr(index)}`` for ``algorithm``'s hyperparameter buffer, from its
+    declaration (``ops.SIGNATURES``), and ``"momentum"``: the slot that a schedule's
+    momentum replaces. A kernel module binds these to its ``HP_*`` constexpr globals."""
+    signature = SIGNATURES[algorithm]
+    out = {name: tl.constexpr(signature.slot(name)) for name in signature.values}
+    out["momentum"] = out[signature.momentum]
+    return out
+
+
+def launch(kernel, algorithm, params, grads, states, steps, hyper, *, schedule, position,
+           grad_scale, found_inf, advance_position, checked=None, **flags):
     """One update of every tensor in ``params`` by ``kernel``: a single launch over the
     tensor list, then the counters advance with device ops (``advance``).
 
-    ``states``: the kernel's state lists (up to 3, None where a variant has none); ``hps``:
-    the values of its hyperparameter buffer; ``checked``: the lists whose dtype/device/layout
-    are checked (default: ``states``); ``flags``: the kernel's own compile-time flags.
+    ``states``: the kernel's state lists (up to 3, None where a variant has none);
+    ``hyper``: the declared hyperparameters of ``algorithm`` (``ops.SIGNATURES``), whose
+    numeric ones fill the hyperparameter buffer in declaration order; ``checked``: the
+    lists whose dtype/device/layout are checked (default: ``states``); ``flags``: the
+    kernel's own compile-time flags.
     """
+    hps = SIGNATURES[algorithm].pack(hyper)
     if params:
         dtype, device = check_tensors(params, grads, *(states if checked is None else checked))
         tab, blk, n_blocks, aligned = tables(params, grads, states, steps)

@@ -15,6 +15,15 @@ from ._launch import (_chunk, _div, _fma, _grad_scale, _lerp, _load, _load_pg, _
                       _schedule, _sqrt, _store)
 from .schedule import _pow, _sqrt as _sqrt64
 
+# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES
+_SLOTS = L.slots("adam")
+HP_LR: tl.constexpr = _SLOTS["lr"]
+HP_BETA1: tl.constexpr = _SLOTS["beta1"]
+HP_BETA2: tl.constexpr = _SLOTS["beta2"]
+HP_EPS: tl.constexpr = _SLOTS["eps"]
+HP_WEIGHT_DECAY: tl.constexpr = _SLOTS["weight_decay"]
+HP_MOMENTUM: tl.constexpr = _SLOTS["momentum"]   # beta1, which a cycled momentum replaces
+
 
 @triton.jit
 def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, mask, gs, wd, decay, w1, b2, one_b2,
@@ -50,11 +59,11 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
     if _proceed(fi_ptr, HAS_FOUND_INF):
         start, n, p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, step = _chunk(tab_ptr, blk_ptr, DTYPE,
                                                                    BLOCK, ALIGNED)
-        # per-program fp64 scalars: hp = [lr, beta1, beta2, eps, weight_decay]
-        lr, beta1 = _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, 1)
+        # per-program fp64 scalars
+        lr, beta1 = _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
         step = step + 1.0
-        beta2 = tl.load(hp_ptr + 2)
-        wd = tl.load(hp_ptr + 4)
+        beta2 = tl.load(hp_ptr + HP_BETA2)
+        wd = tl.load(hp_ptr + HP_WEIGHT_DECAY)
         bc1 = 1.0 - _pow(beta1, step)
         bc2 = 1.0 - _pow(beta2, step)
         step_size = (lr / bc1).to(CT)
@@ -66,7 +75,7 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
         w1 = (1.0 - beta1).to(CT)
         b2 = beta2.to(CT)
         one_b2 = (1.0 - beta2).to(CT)
-        eps = tl.load(hp_ptr + 3).to(CT)
+        eps = tl.load(hp_ptr + HP_EPS).to(CT)
         if start + BLOCK <= n:
             _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, None, gs, wd_c, decay, w1, b2,
                        one_b2, step_size, bc2_sqrt, eps, CT, FP64,
@@ -77,15 +86,16 @@ def adam_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi
                        AMSGRAD, DECOUPLED, MAXIMIZE, HAS_GRAD_SCALE)
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
-              beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True):
-    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``): a single
-    kernel launch, then the counters advance with device ops."""
-    L.launch(adam_kernel, params, grads,
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,
+              position, grad_scale=None, found_inf=None, advance_position=True, **hyper):
+    """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
+    the hyperparameters of ``ops.SIGNATURES["adam"]``): a single kernel launch, then the
+    counters advance with device ops."""
+    amsgrad = hyper["amsgrad"]
+    L.launch(adam_kernel, "adam", params, grads,
              [exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None], steps,
-             (lr, beta1, beta2, eps, weight_decay), schedule=schedule, position=position,
+             hyper, schedule=schedule, position=position,
              grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
              checked=(exp_avgs, exp_avg_sqs, max_exp_avg_sqs),
-             AMSGRAD=bool(amsgrad), DECOUPLED=bool(decoupled_weight_decay),
-             MAXIMIZE=bool(maximize))
+             AMSGRAD=bool(amsgrad), DECOUPLED=bool(hyper["decoupled_weight_decay"]),
+             MAXIMIZE=bool(hyper["maximize"]))

@@ -15,6 +15,14 @@ import triton.language as tl
 
 from . import _launch as L
 
+# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES
+_SLOTS = L.slots("rmsprop")
+HP_LR: tl.constexpr = _SLOTS["lr"]
+HP_ALPHA: tl.constexpr = _SLOTS["alpha"]
+HP_EPS: tl.constexpr = _SLOTS["eps"]
+HP_WEIGHT_DECAY: tl.constexpr = _SLOTS["weight_decay"]
+HP_MOMENTUM: tl.constexpr = _SLOTS["momentum"]
+
 
 @triton.jit
 def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, offs, mask, gs, wd, alpha, w, eps, mom,
@@ -54,11 +62,10 @@ def rmsprop_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr,
     if L._proceed(fi_ptr, HAS_FOUND_INF):
         start, n, p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, step = L._chunk(tab_ptr, blk_ptr, DTYPE,
                                                                      BLOCK, ALIGNED)
-        # hp = [lr, alpha, eps, weight_decay, momentum]
-        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, 4)
-        alpha = tl.load(hp_ptr + 1)
-        eps = tl.load(hp_ptr + 2).to(CT)
-        wd = tl.load(hp_ptr + 3).to(CT)
+        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
+        alpha = tl.load(hp_ptr + HP_ALPHA)
+        eps = tl.load(hp_ptr + HP_EPS).to(CT)
+        wd = tl.load(hp_ptr + HP_WEIGHT_DECAY).to(CT)
         mom = mom.to(CT)
         neg_lr = (-lr).to(CT)
         first = step == 0
@@ -76,15 +83,17 @@ def rmsprop_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr,
                           HAS_GRAD_SCALE)
 
 
-def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr,
-                 alpha, eps, weight_decay, momentum, centered, maximize, schedule, position,
-                 grad_scale=None, found_inf=None, advance_position=True):
-    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``): a
-    single kernel launch, then the counters advance with device ops."""
-    L.launch(rmsprop_kernel, params, grads,
-             [square_avgs, grad_avgs if centered else None, momentum_buffers], steps,
-             (lr, alpha, eps, weight_decay, momentum), schedule=schedule, position=position,
-             grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
+                 schedule, position, grad_scale=None, found_inf=None, advance_position=True,
+                 **hyper):
+    """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``;
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``): a single kernel
+    launch, then the counters advance with device ops."""
+    centered = hyper["centered"]
+    L.launch(rmsprop_kernel, "rmsprop", params, grads,
+             [square_avgs, grad_avgs if centered else None, momentum_buffers], steps, hyper,
+             schedule=schedule, position=position, grad_scale=grad_scale,
+             found_inf=found_inf, advance_position=advance_position,
              checked=(square_avgs, grad_avgs, momentum_buffers),
              CENTERED=bool(centered), USE_MOMENTUM=momentum_buffers is not None,
-             MAXIMIZE=bool(maximize))
+             MAXIMIZE=bool(hyper["maximize"]))

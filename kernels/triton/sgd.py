@@ -12,6 +12,13 @@ import triton.language as tl
 
 from . import _launch as L
 
+# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES
+_SLOTS = L.slots("sgd")
+HP_LR: tl.constexpr = _SLOTS["lr"]
+HP_DAMPENING: tl.constexpr = _SLOTS["dampening"]
+HP_WEIGHT_DECAY: tl.constexpr = _SLOTS["weight_decay"]
+HP_MOMENTUM: tl.constexpr = _SLOTS["momentum"]
+
 
 @triton.jit
 def _sgd_body(p_ptr, g_ptr, b_ptr, offs, mask, gs, wd, mom, one_damp, neg_lr, first,
@@ -43,11 +50,10 @@ def sgd_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi_
     if L._proceed(fi_ptr, HAS_FOUND_INF):
         start, n, p_ptr, g_ptr, b_ptr, _s2, _s3, step = L._chunk(tab_ptr, blk_ptr, DTYPE,
                                                                  BLOCK, ALIGNED)
-        # hp = [lr, momentum, dampening, weight_decay]
-        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, 1)
+        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
         mom = mom.to(CT)
-        one_damp = (1.0 - tl.load(hp_ptr + 2)).to(CT)
-        wd = tl.load(hp_ptr + 3).to(CT)
+        one_damp = (1.0 - tl.load(hp_ptr + HP_DAMPENING)).to(CT)
+        wd = tl.load(hp_ptr + HP_WEIGHT_DECAY).to(CT)
         neg_lr = (-lr).to(CT)
         first = step == 0
         gs = L._grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
@@ -60,13 +66,13 @@ def sgd_kernel(tab_ptr, blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi_
                       first, FP64, CT, USE_MOMENTUM, NESTEROV, MAXIMIZE, HAS_GRAD_SCALE)
 
 
-def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
-             weight_decay, nesterov, maximize, schedule, position, grad_scale=None,
-             found_inf=None, advance_position=True):
-    """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``): a single
-    kernel launch, then the counters advance with device ops."""
-    L.launch(sgd_kernel, params, grads, [momentum_buffers], steps,
-             (lr, momentum, dampening, weight_decay), schedule=schedule, position=position,
-             grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
-             USE_MOMENTUM=momentum_buffers is not None, NESTEROV=bool(nesterov),
-             MAXIMIZE=bool(maximize))
+def sgd_step(params, grads, momentum_buffers, steps, *, schedule, position, grad_scale=None,
+             found_inf=None, advance_position=True, **hyper):
+    """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
+    the hyperparameters of ``ops.SIGNATURES["sgd"]``): a single kernel launch, then the
+    counters advance with device ops."""
+    L.launch(sgd_kernel, "sgd", params, grads, [momentum_buffers], steps, hyper,
+             schedule=schedule, position=position, grad_scale=grad_scale,
+             found_inf=found_inf, advance_position=advance_position,
+             USE_MOMENTUM=momentum_buffers is not None, NESTEROV=bool(hyper["nesterov"]),
+             MAXIMIZE=bool(hyper["maximize"]))
