@@ -373,7 +373,16 @@ def test_tables_are_cached():
     steps = [torch.zeros((), dtype=F64) for _ in params]
     a = L.tables(params, grads, [None], steps)
     b = L.tables(params, grads, [None], steps)
-    assert a[0] is b[0] and a[2] == 1 and a[3]
+    assert a is b and a.n_blocks == 1 and a.aligned
+    # gradients at new addresses patch the grad column of the same table, host and device
+    moved = [torch.ones(5), torch.zeros(0)]
+    c = L.tables(params, moved, [None], steps)
+    assert c is a
+    assert c.tab.view(-1, L.ROW)[:, 2].tolist() == [g.data_ptr() for g in moved]
+    assert c.rows[:, 2].tolist() == [g.data_ptr() for g in moved]
+    # a moved parameter builds a new one
+    params[0] = torch.zeros(5)
+    assert L.tables(params, moved, [None], steps) is not a
     h1 = L.hyperparameters(torch.device("cpu"), (0.1, 0.9))
     assert h1 is L.hyperparameters(torch.device("cpu"), (0.1, 0.9))
     assert h1.dtype == F64 and h1.tolist() == [0.1, 0.9]

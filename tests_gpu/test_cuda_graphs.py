@@ -147,3 +147,35 @@ def test_tensor_lr_changed_between_replays():
     torch.cuda.synchronize()
     torch.testing.assert_close(p[0], before - 0.5, rtol=0, atol=0)
     assert _warmup_steps == 1
+
+
+def test_two_graphs_over_different_grads_each_read_their_own():
+    # Two graphs of one optimizer, captured with the gradients at different addresses (as
+    # torch.compile's CUDA graph trees record them): one table serves both, and each
+    # replay writes its capture's pointers before its launch.
+    eager_p, graph_p = _params(), _params()
+    eager = fs.Adam(eager_p, lr=0.01, backend="triton")
+    graphed = fs.Adam(graph_p, lr=0.01, backend="triton")
+    k = _warmup(graphed, graph_p, 0)
+    for j in range(k):
+        _set_grads(eager_p, _grads(j, eager_p))
+        eager.step()
+    grads_a = [torch.zeros_like(p) for p in graph_p]
+    grads_b = [torch.zeros_like(p) for p in graph_p]
+    graphs = []
+    for grads in (grads_a, grads_b):
+        for p, g in zip(graph_p, grads):
+            p.grad = g
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            graphed.step()
+        graphs.append(graph)
+    for j, which in zip(range(k, k + 6), [0, 1, 1, 0, 1, 0]):
+        values = _grads(j, graph_p)
+        for g, v in zip((grads_a, grads_b)[which], values):
+            g.copy_(v)
+        graphs[which].replay()
+        _set_grads(eager_p, values)
+        eager.step()
+        torch.cuda.synchronize()
+        _assert_same(eager, eager_p, graphed, graph_p)

@@ -9,8 +9,9 @@ One launch per step for the whole tensor list. The kernel reads an int64 *tensor
 address of its 0-dim float64 step) and an int64 *block table* (one row per program:
 tensor index, first element). Pointers are cast in the kernel with
 ``.to(tl.pointer_type(DTYPE))``; this works under ``TRITON_INTERPRET=1`` too (checked).
-Both tables live in one device buffer that is cached by the tuple of (data_ptr, numel):
-a step whose tensors did not move uploads nothing.
+Both tables live in one device buffer, cached across steps by the rule of
+``kernels/address_table.py`` (the Numba backend's rule too): a step whose tensors did not
+move uploads nothing, one whose gradients moved uploads the tensor table's rows again.
 
 Hyperparameters reach the kernel in fp64 through a small float64 device buffer (Triton
 passes Python floats as fp32), cached by their values; a 0-dim tensor hyperparameter
@@ -30,15 +31,18 @@ on the host after capture (e.g. a ``torch.optim.lr_scheduler`` writing ``group["
 between replays) -- the graph keeps the buffer of capture time, and outside a graph the new
 value costs one small host-to-device copy the first time it is seen. To change lr, momentum
 or betas under a graph, make them 0-dim device tensors and update them in place (or use a
-fusedsched schedule, which the kernel evaluates on the device). Tables are keyed by data
-pointers: a graph must be captured again if parameters or state are reallocated.
+fusedsched schedule, which the kernel evaluates on the device). A captured launch reads
+the tables of capture time: a graph must be captured again if parameters, gradients or
+state are reallocated.
 """
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .. import schedule_encoding as E
+from ..address_table import TableCache
 from ..ops import SIGNATURES
 from .schedule import INTERPRET, evaluate
 
@@ -254,7 +258,6 @@ ROW = 8  # int64 slots per tensor-table row: numel, p, g, s1, s2, s3, step, pad
 _ROW: tl.constexpr = tl.constexpr(ROW)  # the same, for the kernels
 
 _CACHE_MAX = 256
-_tables = {}
 _hps = {}
 _constant_programs = {}
 
@@ -276,27 +279,48 @@ def check_tensors(params, *lists):
         if lst is None:
             continue
         for x in lst:
-            if x.dtype != dtype or x.device != device or not x.is_contiguous():
-                raise ValueError("triton backend: tensors must be contiguous, of one dtype and "
-                                 f"device; got {x.dtype} {x.device} contiguous={x.is_contiguous()}")
+            if (type(x) not in _PLAIN or x.dtype != dtype or x.device != device
+                    or not x.is_contiguous()):
+                raise ValueError("triton backend: tensors must be plain (not a subclass), "
+                                 "contiguous, of one dtype and device; got "
+                                 f"{type(x).__name__} {x.dtype} {x.device} "
+                                 f"contiguous={x.is_contiguous()}")
     return dtype, device
 
 
-def tables(params, grads, states, steps):
-    """(tensor_table, block_table, n_blocks, aligned) on the params' device, cached.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)   # a wrapper subclass's data_ptr() is 0
 
-    ``states``: list of up to 3 lists (or None). ``aligned``: every data pointer is 16-byte
-    aligned, so the kernel may promise ``tl.multiple_of(ptr, 16)`` (128-bit accesses).
-    """
+
+def _upload(host, out=None):
+    """The CPU tensor ``host`` copied to ``out`` (or a new tensor on the params' device,
+    when ``out`` is a torch.device). While a CUDA graph is being captured, a copy from
+    pageable memory is not allowed: the copy then reads a pinned copy of ``host``,
+    non_blocking, which becomes a node of the graph that each replay runs again; the
+    pinned buffer is kept with the device tensor (never written again, so every replay
+    copies what capture saw)."""
+    if isinstance(out, torch.device):
+        out = torch.empty(host.shape, dtype=host.dtype, device=out)
+    if out.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        pinned = host.pin_memory()
+        out.copy_(pinned, non_blocking=True)
+        out.__dict__.setdefault("_fusedsched_pinned", []).append(pinned)
+    else:
+        out.copy_(host)
+    return out
+
+
+class _DeviceTable:
+    """A launch's tables on the params' device (``buf``: the tensor table's rows, then the
+    block table) and the host copy of the tensor table's rows (``rows``, for ``_regrad``).
+    ``aligned``: every data pointer is 16-byte aligned, so the kernel may promise
+    ``tl.multiple_of(ptr, 16)`` (128-bit accesses)."""
+    __slots__ = ("buf", "rows", "tab", "blk", "n_blocks", "aligned")
+
+
+def _build(params, grads, states, steps):
+    check_tensors(params, grads, *states)
     dtype, device = params[0].dtype, params[0].device
-    lists = [params, grads] + [s for s in states] + [None] * (3 - len(states))
-    key = (device, dtype,
-           tuple((p.data_ptr(), p.numel()) for p in params),
-           tuple(tuple(x.data_ptr() for x in lst) if lst is not None else None for lst in lists[1:]),
-           tuple(s.data_ptr() for s in steps))
-    hit = _tables.get(key)
-    if hit is not None:
-        return hit
+    lists = [params, grads] + list(states) + [None] * (3 - len(states))
     block = BLOCK[dtype]
     rows, blocks = [], []
     aligned = True
@@ -307,11 +331,36 @@ def tables(params, grads, states, steps):
             aligned &= all(a % 16 == 0 for a in ptrs if a)
         rows.append([n, *ptrs, steps[i].data_ptr(), 0])
         blocks.extend([i, s] for s in range(0, n, block))
-    flat = [v for r in rows for v in r] + [v for b in blocks for v in b]
-    buf = torch.tensor(flat, dtype=torch.int64).to(device)
-    n_rows = len(rows) * ROW
-    value = (buf[:n_rows], buf[n_rows:], len(blocks), aligned)
-    return _bounded_put(_tables, key, value)
+    table = _DeviceTable()
+    table.rows = np.array(rows, dtype=np.int64).reshape(len(rows), ROW)
+    flat = np.concatenate([table.rows.reshape(-1),
+                           np.array(blocks, dtype=np.int64).reshape(-1)])
+    table.buf = _upload(torch.from_numpy(flat), device)
+    n_rows = table.rows.size
+    table.tab, table.blk = table.buf[:n_rows], table.buf[n_rows:]
+    table.n_blocks, table.aligned = len(blocks), aligned
+    return table
+
+
+def _regrad(table, grad_ptrs):
+    """New gradient addresses into the grad column, uploaded (stream ordered: a kernel
+    still reading the old table runs before the copy)."""
+    table.rows[:, 2] = grad_ptrs
+    table.aligned = table.aligned and all(a % 16 == 0 for a in grad_ptrs if a)
+    _upload(torch.from_numpy(table.rows.reshape(-1)), table.tab)
+
+
+_TABLES = TableCache(_build, _regrad)
+# What launches captured into CUDA graphs read (tables, hyperparameter buffers): kept alive
+# here, since a graph replays its kernels on these addresses after the caches have moved
+# on. Grows only with captures.
+_HELD_BY_GRAPHS = []
+
+
+def tables(params, grads, states, steps):
+    """The ``_DeviceTable`` of ``params`` (non-empty), ``grads``, ``states`` (up to 3 lists,
+    None where the kernel has none) and ``steps``, cached (``address_table``)."""
+    return _TABLES.lookup(params, grads, states, steps)
 
 
 def hyperparameters(device, values):
@@ -321,7 +370,7 @@ def hyperparameters(device, values):
     buf = _hps.get(key)
     if buf is None:
         init = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in values]
-        buf = _bounded_put(_hps, key, torch.tensor(init, dtype=torch.float64).to(device))
+        buf = _bounded_put(_hps, key, _upload(torch.tensor(init, dtype=torch.float64), device))
     for i, v in enumerate(values):
         if isinstance(v, torch.Tensor):
             buf[i].copy_(v.detach().reshape(()))  # device copy, stream ordered, no sync
@@ -334,7 +383,7 @@ def constant_program(device):
         rows = torch.zeros(1, E.NODE_SIZE, dtype=torch.float64)
         rows[0, 0] = E.CONSTANT
         rows[0, 1] = 1.0
-        prog = _constant_programs[device] = rows.to(device)
+        prog = _constant_programs[device] = _upload(rows, device)
     return prog
 
 
@@ -375,28 +424,33 @@ def slots(algorithm):
 
 
 def launch(kernel, algorithm, params, grads, states, steps, hyper, *, schedule, position,
-           grad_scale, found_inf, advance_position, checked=None, **flags):
+           grad_scale, found_inf, advance_position, **flags):
     """One update of every tensor in ``params`` by ``kernel``: a single launch over the
     tensor list, then the counters advance with device ops (``advance``).
 
     ``states``: the kernel's state lists (up to 3, None where a variant has none);
     ``hyper``: the declared hyperparameters of ``algorithm`` (``ops.SIGNATURES``), whose
-    numeric ones fill the hyperparameter buffer in declaration order; ``checked``: the
-    lists whose dtype/device/layout are checked (default: ``states``); ``flags``: the
+    numeric ones fill the hyperparameter buffer in declaration order; ``flags``: the
     kernel's own compile-time flags.
     """
     hps = SIGNATURES[algorithm].pack(hyper)
     if params:
-        dtype, device = check_tensors(params, grads, *(states if checked is None else checked))
-        tab, blk, n_blocks, aligned = tables(params, grads, states, steps)
-        if n_blocks:
+        table = tables(params, grads, states, steps)
+        if table.n_blocks:
+            dtype, device = params[0].dtype, params[0].device
             hp = hyperparameters(device, hps)
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                # One table serves every graph of these tensors; each replay first writes
+                # the pointers of its own capture (another graph's gradients may sit
+                # elsewhere in its pool).
+                _upload(torch.from_numpy(table.rows.reshape(-1)), table.tab)
+                _HELD_BY_GRAPHS.append((table, hp))
             prog, n_nodes, pos = schedule_args(schedule, position, device)
-            kernel[(n_blocks,)](
-                tab, blk, hp, prog, n_nodes, pos,
+            kernel[(table.n_blocks,)](
+                table.tab, table.blk, hp, prog, n_nodes, pos,
                 grad_scale if grad_scale is not None else hp,
                 found_inf if found_inf is not None else hp,
-                DTYPE=tl_dtype(dtype), BLOCK=BLOCK[dtype], ALIGNED=aligned,
+                DTYPE=tl_dtype(dtype), BLOCK=BLOCK[dtype], ALIGNED=table.aligned,
                 HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
                 **flags, **LAUNCH_OPTIONS)
     advance(steps, position, found_inf, advance_position)

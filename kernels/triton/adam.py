@@ -96,6 +96,5 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, s
              [exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None], steps,
              hyper, schedule=schedule, position=position,
              grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
-             checked=(exp_avgs, exp_avg_sqs, max_exp_avg_sqs),
              AMSGRAD=bool(amsgrad), DECOUPLED=bool(hyper["decoupled_weight_decay"]),
              MAXIMIZE=bool(hyper["maximize"]))

@@ -94,6 +94,5 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
              [square_avgs, grad_avgs if centered else None, momentum_buffers], steps, hyper,
              schedule=schedule, position=position, grad_scale=grad_scale,
              found_inf=found_inf, advance_position=advance_position,
-             checked=(square_avgs, grad_avgs, momentum_buffers),
              CENTERED=bool(centered), USE_MOMENTUM=momentum_buffers is not None,
              MAXIMIZE=bool(hyper["maximize"]))
