@@ -413,14 +413,14 @@ def tl_dtype(dtype):
             torch.float64: tl.float64}[dtype]
 
 
-def slots(algorithm):
-    """``{name: tl.constexpr(index)}`` for ``algorithm``'s hyperparameter buffer, from its
-    declaration (``ops.SIGNATURES``), and ``"momentum"``: the slot that a schedule's
-    momentum replaces. A kernel module binds these to its ``HP_*`` constexpr globals."""
+def slots(algorithm, *names):
+    """The slots of hyperparameters ``names`` in ``algorithm``'s hyperparameter buffer, as
+    ``tl.constexpr`` (a kernel module binds them to its ``HP_*`` globals), from the
+    declaration (``ops.SIGNATURES``); the name ``"momentum"`` stands for the hyperparameter
+    that a schedule's momentum replaces (momentum, or Adam's beta1)."""
     signature = SIGNATURES[algorithm]
-    out = {name: tl.constexpr(signature.slot(name)) for name in signature.values}
-    out["momentum"] = out[signature.momentum]
-    return out
+    return tuple(tl.constexpr(signature.slot(signature.momentum if name == "momentum"
+                                             else name)) for name in names)
 
 
 def launch(kernel, algorithm, params, grads, states, steps, hyper, *, schedule, position,

@@ -15,14 +15,10 @@ from ._launch import (_chunk, _div, _fma, _grad_scale, _lerp, _load, _load_pg, _
                       _schedule, _sqrt, _store)
 from .schedule import _pow, _sqrt as _sqrt64
 
-# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES
-_SLOTS = L.slots("adam")
-HP_LR: tl.constexpr = _SLOTS["lr"]
-HP_BETA1: tl.constexpr = _SLOTS["beta1"]
-HP_BETA2: tl.constexpr = _SLOTS["beta2"]
-HP_EPS: tl.constexpr = _SLOTS["eps"]
-HP_WEIGHT_DECAY: tl.constexpr = _SLOTS["weight_decay"]
-HP_MOMENTUM: tl.constexpr = _SLOTS["momentum"]   # beta1, which a cycled momentum replaces
+# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES;
+# HP_MOMENTUM: the one a schedule's momentum replaces
+HP_LR, HP_BETA2, HP_EPS, HP_WEIGHT_DECAY, HP_MOMENTUM = L.slots(
+    "adam", "lr", "beta2", "eps", "weight_decay", "momentum")
 
 
 @triton.jit

@@ -15,13 +15,10 @@ import triton.language as tl
 
 from . import _launch as L
 
-# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES
-_SLOTS = L.slots("rmsprop")
-HP_LR: tl.constexpr = _SLOTS["lr"]
-HP_ALPHA: tl.constexpr = _SLOTS["alpha"]
-HP_EPS: tl.constexpr = _SLOTS["eps"]
-HP_WEIGHT_DECAY: tl.constexpr = _SLOTS["weight_decay"]
-HP_MOMENTUM: tl.constexpr = _SLOTS["momentum"]
+# the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES;
+# HP_MOMENTUM: the one a schedule's momentum replaces
+HP_LR, HP_ALPHA, HP_EPS, HP_WEIGHT_DECAY, HP_MOMENTUM = L.slots(
+    "rmsprop", "lr", "alpha", "eps", "weight_decay", "momentum")
 
 
 @triton.jit
