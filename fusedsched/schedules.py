@@ -236,7 +236,7 @@ class Constant(Schedule):
         return self.factor
 
     def _slots(self):
-        return [E.CONSTANT, self.factor]
+        return E.row(E.CONSTANT, factor=self.factor)
 
 
 class Linear(Schedule):
@@ -247,7 +247,8 @@ class Linear(Schedule):
             t, self.total_steps)
 
     def _slots(self):
-        return [E.LINEAR, self.start_factor, self.end_factor, self.total_steps]
+        return E.row(E.LINEAR, start=self.start_factor, end=self.end_factor,
+                     total=self.total_steps)
 
 
 class StepDecay(Schedule):
@@ -257,7 +258,7 @@ class StepDecay(Schedule):
         return self.gamma ** (t // self.step_size)
 
     def _slots(self):
-        return [E.STEP, self.step_size, self.gamma]
+        return E.row(E.STEP, step_size=self.step_size, gamma=self.gamma)
 
 
 class MultiStep(_Piecewise):
@@ -276,7 +277,7 @@ class Exponential(Schedule):
         return self.gamma ** float(t)
 
     def _slots(self):
-        return [E.EXPONENTIAL, self.gamma]
+        return E.row(E.EXPONENTIAL, gamma=self.gamma)
 
 
 class Polynomial(Schedule):
@@ -287,7 +288,8 @@ class Polynomial(Schedule):
                 * (1.0 - self.end_factor) + self.end_factor)
 
     def _slots(self):
-        return [E.POLYNOMIAL, self.total_steps, self.power, self.end_factor]
+        return E.row(E.POLYNOMIAL, total=self.total_steps, power=self.power,
+                     end=self.end_factor)
 
 
 class Cosine(Schedule):
@@ -297,7 +299,7 @@ class Cosine(Schedule):
         return _cosine_anneal(self.end_factor, t, self.total_steps)
 
     def _slots(self):
-        return [E.COSINE, self.total_steps, self.end_factor]
+        return E.row(E.COSINE, total=self.total_steps, end=self.end_factor)
 
 
 class CosineRestarts(Schedule):
@@ -317,7 +319,8 @@ class CosineRestarts(Schedule):
         return _cosine_anneal(self.end_factor, *self._cycle(t))
 
     def _slots(self):
-        return [E.COSINE_RESTARTS, self.first_cycle_steps, self.cycle_mult, self.end_factor]
+        return E.row(E.COSINE_RESTARTS, first_cycle=self.first_cycle_steps,
+                     mult=self.cycle_mult, end=self.end_factor)
 
 
 class OneCycle(Schedule):
@@ -362,10 +365,11 @@ class OneCycle(Schedule):
     def _slots(self):
         phases = self._phases()
         e2 = phases[1][0] if self.three_phase else 0.0
-        return [E.ONE_CYCLE, phases[0][0], e2, phases[-1][0], phases[0][1], phases[-1][2],
-                E.ANNEAL_COS if self.anneal == "cos" else E.ANNEAL_LINEAR,
-                float(self.three_phase), float(self.cycle_momentum), self.base_momentum,
-                self.max_momentum]
+        return E.row(E.ONE_CYCLE, end1=phases[0][0], end2=e2, end3=phases[-1][0],
+                     initial=phases[0][1], minimum=phases[-1][2],
+                     anneal=E.ANNEAL_COS if self.anneal == "cos" else E.ANNEAL_LINEAR,
+                     three_phase=self.three_phase, cycle_momentum=self.cycle_momentum,
+                     base_momentum=self.base_momentum, max_momentum=self.max_momentum)
 
 
 _CYCLIC_MODES = {"triangular": E.CYCLIC_TRIANGULAR, "triangular2": E.CYCLIC_TRIANGULAR2,
@@ -410,9 +414,10 @@ class Cyclic(Schedule):
 
     def _slots(self):
         total_size, step_ratio = self._sizes()
-        return [E.CYCLIC, total_size, step_ratio, self.base_factor, _CYCLIC_MODES[self.mode],
-                self.gamma, float(self.cycle_momentum), self.base_momentum,
-                self.max_momentum]
+        return E.row(E.CYCLIC, total_size=total_size, step_ratio=step_ratio,
+                     base=self.base_factor, mode=_CYCLIC_MODES[self.mode], gamma=self.gamma,
+                     cycle_momentum=self.cycle_momentum, base_momentum=self.base_momentum,
+                     max_momentum=self.max_momentum)
 
 
 class InverseSqrt(Schedule):
@@ -425,7 +430,7 @@ class InverseSqrt(Schedule):
         return 1.0 / math.sqrt((t + shift) / self.timescale)
 
     def _slots(self):
-        return [E.INVERSE_SQRT, self.warmup_steps, self.timescale]
+        return E.row(E.INVERSE_SQRT, warmup=self.warmup_steps, timescale=self.timescale)
 
 
 _DECAYS = {"linear": E.DECAY_LINEAR, "cosine": E.DECAY_COSINE, "1-sqrt": E.DECAY_1_SQRT}
@@ -452,8 +457,9 @@ class WarmupStableDecay(Schedule):
         return self.end_factor
 
     def _slots(self):
-        return [E.WSD, self.warmup_steps, self.stable_steps, self.decay_steps,
-                _DECAYS[self.decay], self.end_factor, self.start_factor]
+        return E.row(E.WSD, warmup=self.warmup_steps, stable=self.stable_steps,
+                     decay_steps=self.decay_steps, decay=_DECAYS[self.decay],
+                     end=self.end_factor, start=self.start_factor)
 
 
 class Warmup(_Piecewise):
@@ -486,7 +492,7 @@ def _compile(schedule, rows):
     deeply here nor walks a long chain in the kernels.
     """
     if not isinstance(schedule, _Piecewise):
-        rows.append([float(v) for v in schedule._slots()])
+        rows.append(schedule._slots())
         return len(rows) - 1
 
     def tree(children, milestones, offset):
@@ -497,8 +503,8 @@ def _compile(schedule, rows):
         rows.append(None)  # filled once the children's indices are known
         left = tree(children[:k + 1], milestones[:k], offset)
         right = tree(children[k + 1:], milestones[k + 1:], milestones[k])
-        rows[index] = [float(E.SWITCH), float(milestones[k] - offset), float(left),
-                       float(right)]
+        rows[index] = E.row(E.SWITCH, milestone=milestones[k] - offset, left=left,
+                            right=right)
         return index
 
     return tree(*schedule._pieces(), 0)

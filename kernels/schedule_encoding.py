@@ -18,29 +18,33 @@ warmup is ``switch(W, linear(start, 1, W), child)``; a multistep is a tree over 
 constants ``gamma**k``, log2(#milestones) deep), so the evaluators only know the leaf kinds
 below.
 
-Slot 0 of every row holds the kind code; the meaning of the other slots per kind:
+Slot 0 of every row holds the kind code; each kind's other slots are declared once, by
+name, below (``SLOTS``; the constants ``<KIND>_<SLOT>`` are their indices, which the encoder
+``row`` and every evaluator use). Their meaning:
 
 =================  ====================================================================
-kind               slots 1..
+kind               slots
 =================  ====================================================================
-SWITCH (0)         1 milestone m, 2 left row, 3 right row
-CONSTANT (1)       1 factor
-LINEAR (2)         1 start, 2 end, 3 T: start + (end-start)*min(t,T)/T; T == 0 -> end
-STEP (3)           1 step_size, 2 gamma: gamma ** floor(t / step_size)
-EXPONENTIAL (4)    1 gamma: gamma ** t
-POLYNOMIAL (5)     1 T, 2 power, 3 end: (1 - min(t,T)/T) ** power * (1 - end) + end; T == 0 -> 0 ** power * (1 - end) + end
-COSINE (6)         1 T, 2 end: end + (1-end)*(1+cos(pi*min(t,T)/T))/2; T == 0 -> end
-COSINE_RESTARTS(7) 1 T0, 2 mult, 3 end: cosine of the position inside cycle i of length T0*mult**i
-ONE_CYCLE (8)      1 e1, 2 e2, 3 e3 (phase end steps, torch's ``end_step``; e2 unused when
-                   two-phase), 4 initial factor (1/div_factor), 5 min factor
-                   (1/div_factor/final_div_factor, as torch's min_lr), 6 anneal (0 cos, 1 linear),
-                   7 three_phase (0/1), 8 cycle_momentum (0/1), 9 base_momentum,
-                   10 max_momentum. t is clamped to e3 (the final value is held).
-CYCLIC (9)         1 total_size, 2 step_ratio, 3 base_factor, 4 mode (0 triangular,
-                   1 triangular2, 2 exp_range), 5 gamma, 6 cycle_momentum (0/1),
-                   7 base_momentum, 8 max_momentum
-INVERSE_SQRT (10)  1 W, 2 timescale: t/W for t < W, else 1/sqrt((t + (timescale - W))/timescale)
-WSD (11)           1 W, 2 S, 3 D, 4 decay (0 linear, 1 cosine, 2 1-sqrt), 5 end, 6 start
+SWITCH             milestone m, left row, right row
+CONSTANT           factor
+LINEAR             start, end, total T: start + (end-start)*min(t,T)/T; T == 0 -> end
+STEP               step_size, gamma: gamma ** floor(t / step_size)
+EXPONENTIAL        gamma: gamma ** t
+POLYNOMIAL         total T, power, end: (1 - min(t,T)/T) ** power * (1 - end) + end;
+                   T == 0 -> 0 ** power * (1 - end) + end
+COSINE             total T, end: end + (1-end)*(1+cos(pi*min(t,T)/T))/2; T == 0 -> end
+COSINE_RESTARTS    first_cycle T0, mult, end: cosine of the position inside cycle i of
+                   length T0*mult**i
+ONE_CYCLE          end1, end2, end3 (phase end steps, torch's ``end_step``; end2 unused
+                   when two-phase), initial factor (1/div_factor), minimum factor
+                   (1/div_factor/final_div_factor, as torch's min_lr), anneal (ANNEAL_*),
+                   three_phase (0/1), cycle_momentum (0/1), base_momentum, max_momentum.
+                   t is clamped to end3 (the final value is held).
+CYCLIC             total_size, step_ratio, base factor, mode (CYCLIC_*), gamma,
+                   cycle_momentum (0/1), base_momentum, max_momentum
+INVERSE_SQRT       warmup W, timescale: t/W for t < W, else
+                   1/sqrt((t + (timescale - W))/timescale)
+WSD                warmup W, stable S, decay_steps D, decay (DECAY_*), end, start:
                    t < W: start + (1-start)*(t/W); t <= W+S: 1; t < W+S+D: end +
                    (1-end)*law(p), p = (t-W-S)/D, law 1-p | 0.5*(1+cos(pi*p)) | 1-sqrt(p);
                    else end. (t == W+S gives 1 also when D == 0.)
@@ -68,6 +72,49 @@ ONE_CYCLE = 8
 CYCLIC = 9
 INVERSE_SQRT = 10
 WSD = 11
+
+SLOTS = {}
+"""kind code -> the names of its slots 1, 2, ... in order."""
+
+
+def _slots(kind, *names):
+    """Declare the slots of ``kind``: returns their indices (slot 0 is the kind)."""
+    assert kind not in SLOTS and len(names) < NODE_SIZE
+    SLOTS[kind] = names
+    return range(1, len(names) + 1)
+
+
+SWITCH_MILESTONE, SWITCH_LEFT, SWITCH_RIGHT = _slots(SWITCH, "milestone", "left", "right")
+(CONSTANT_FACTOR,) = _slots(CONSTANT, "factor")
+LINEAR_START, LINEAR_END, LINEAR_TOTAL = _slots(LINEAR, "start", "end", "total")
+STEP_SIZE, STEP_GAMMA = _slots(STEP, "step_size", "gamma")
+(EXPONENTIAL_GAMMA,) = _slots(EXPONENTIAL, "gamma")
+POLYNOMIAL_TOTAL, POLYNOMIAL_POWER, POLYNOMIAL_END = _slots(POLYNOMIAL, "total", "power", "end")
+COSINE_TOTAL, COSINE_END = _slots(COSINE, "total", "end")
+RESTARTS_FIRST_CYCLE, RESTARTS_MULT, RESTARTS_END = _slots(
+    COSINE_RESTARTS, "first_cycle", "mult", "end")
+(ONE_CYCLE_END1, ONE_CYCLE_END2, ONE_CYCLE_END3, ONE_CYCLE_INITIAL, ONE_CYCLE_MINIMUM,
+ ONE_CYCLE_ANNEAL, ONE_CYCLE_THREE_PHASE, ONE_CYCLE_CYCLE_MOMENTUM, ONE_CYCLE_BASE_MOMENTUM,
+ ONE_CYCLE_MAX_MOMENTUM) = _slots(
+    ONE_CYCLE, "end1", "end2", "end3", "initial", "minimum", "anneal", "three_phase",
+    "cycle_momentum", "base_momentum", "max_momentum")
+(CYCLIC_TOTAL_SIZE, CYCLIC_STEP_RATIO, CYCLIC_BASE, CYCLIC_MODE, CYCLIC_GAMMA,
+ CYCLIC_CYCLE_MOMENTUM, CYCLIC_BASE_MOMENTUM, CYCLIC_MAX_MOMENTUM) = _slots(
+    CYCLIC, "total_size", "step_ratio", "base", "mode", "gamma", "cycle_momentum",
+    "base_momentum", "max_momentum")
+INVERSE_SQRT_WARMUP, INVERSE_SQRT_TIMESCALE = _slots(INVERSE_SQRT, "warmup", "timescale")
+WSD_WARMUP, WSD_STABLE, WSD_DECAY_STEPS, WSD_DECAY, WSD_END, WSD_START = _slots(
+    WSD, "warmup", "stable", "decay_steps", "decay", "end", "start")
+
+
+def row(kind, **slots):
+    """One program row (floats, unpadded): ``kind`` and its slots by name. ValueError when
+    the names are not exactly the kind's (``SLOTS``)."""
+    names = SLOTS[kind]
+    if set(slots) != set(names):
+        raise ValueError(f"schedule kind {kind}: slots {sorted(slots)}, expected {list(names)}")
+    return [float(kind)] + [float(slots[name]) for name in names]
+
 
 ANNEAL_COS = 0
 ANNEAL_LINEAR = 1

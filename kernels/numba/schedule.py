@@ -16,26 +16,24 @@ import math
 
 from numba import njit
 
-from ..schedule_encoding import (
-    ANNEAL_COS, COSINE, COSINE_RESTARTS, CONSTANT, CYCLIC, CYCLIC_EXP_RANGE, CYCLIC_TRIANGULAR2,
-    DECAY_COSINE, DECAY_LINEAR, EXPONENTIAL, INVERSE_SQRT, LINEAR, ONE_CYCLE, POLYNOMIAL, STEP,
-    SWITCH, WSD)
+from .. import schedule_encoding as E
 
 _JIT = dict(cache=True, error_model="numpy")
 
 
 @njit(**_JIT)
 def _anneal(start, end, pct, anneal):
-    if anneal == ANNEAL_COS:
+    if anneal == E.ANNEAL_COS:
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
     return (end - start) * pct + start
 
 
 @njit(**_JIT)
 def _one_cycle(r, t):
-    e1, e2, e3 = r[1], r[2], r[3]
-    initial, minimum, anneal = r[4], r[5], r[6]
-    three_phase, cycle_momentum, base_m, max_m = r[7], r[8], r[9], r[10]
+    e1, e2, e3 = r[E.ONE_CYCLE_END1], r[E.ONE_CYCLE_END2], r[E.ONE_CYCLE_END3]
+    initial, minimum, anneal = r[E.ONE_CYCLE_INITIAL], r[E.ONE_CYCLE_MINIMUM], r[E.ONE_CYCLE_ANNEAL]
+    three_phase, cycle_momentum = r[E.ONE_CYCLE_THREE_PHASE], r[E.ONE_CYCLE_CYCLE_MOMENTUM]
+    base_m, max_m = r[E.ONE_CYCLE_BASE_MOMENTUM], r[E.ONE_CYCLE_MAX_MOMENTUM]
     t = min(t, e3)
     # torch's phase search: the first phase with t <= end_step, else the last one.
     if t <= e1:
@@ -62,8 +60,10 @@ def _one_cycle(r, t):
 
 @njit(**_JIT)
 def _cyclic(r, t):
-    total_size, step_ratio, base, mode, gamma = r[1], r[2], r[3], r[4], r[5]
-    cycle_momentum, base_m, max_m = r[6], r[7], r[8]
+    total_size, step_ratio = r[E.CYCLIC_TOTAL_SIZE], r[E.CYCLIC_STEP_RATIO]
+    base, mode, gamma = r[E.CYCLIC_BASE], r[E.CYCLIC_MODE], r[E.CYCLIC_GAMMA]
+    cycle_momentum = r[E.CYCLIC_CYCLE_MOMENTUM]
+    base_m, max_m = r[E.CYCLIC_BASE_MOMENTUM], r[E.CYCLIC_MAX_MOMENTUM]
     cycle = math.floor(1.0 + t / total_size)
     x = 1.0 + t / total_size - cycle
     if x <= step_ratio:
@@ -71,9 +71,9 @@ def _cyclic(r, t):
         scale_factor = 1.0 if step_ratio == 0.0 else x / step_ratio
     else:
         scale_factor = (x - 1.0) / (step_ratio - 1.0)
-    if mode == CYCLIC_TRIANGULAR2:
+    if mode == E.CYCLIC_TRIANGULAR2:
         scale = math.pow(0.5, cycle - 1.0)          # underflows to 0, never overflows
-    elif mode == CYCLIC_EXP_RANGE:
+    elif mode == E.CYCLIC_EXP_RANGE:
         scale = math.pow(gamma, t)
     else:
         scale = 1.0
@@ -91,7 +91,7 @@ def _restart_start(t0, mult, n):
 
 @njit(**_JIT)
 def _cosine_restarts(r, t):
-    t0, mult, end = r[1], r[2], r[3]
+    t0, mult, end = r[E.RESTARTS_FIRST_CYCLE], r[E.RESTARTS_MULT], r[E.RESTARTS_END]
     if not t0 > 0.0:
         return end
     if t < t0:
@@ -112,16 +112,17 @@ def _cosine_restarts(r, t):
 
 @njit(**_JIT)
 def _wsd(r, t):
-    w, s, d, decay, end, start = r[1], r[2], r[3], r[4], r[5], r[6]
+    w, s, d = r[E.WSD_WARMUP], r[E.WSD_STABLE], r[E.WSD_DECAY_STEPS]
+    decay, end, start = r[E.WSD_DECAY], r[E.WSD_END], r[E.WSD_START]
     if t < w:
         return start + (1.0 - start) * (t / w)
     if t <= w + s:                     # t == W + S with D == 0: 1 before the drop (C6)
         return 1.0
     if t < w + s + d:
         progress = (t - w - s) / d
-        if decay == DECAY_LINEAR:
+        if decay == E.DECAY_LINEAR:
             law = 1.0 - progress
-        elif decay == DECAY_COSINE:
+        elif decay == E.DECAY_COSINE:
             law = 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
             law = 1.0 - math.sqrt(progress)
@@ -132,38 +133,38 @@ def _wsd(r, t):
 @njit(**_JIT)
 def _leaf(r, t):
     kind = r[0]
-    if kind == CONSTANT:
-        return r[1], 0.0, 0.0
-    if kind == LINEAR:
-        start, end, total = r[1], r[2], r[3]
+    if kind == E.CONSTANT:
+        return r[E.CONSTANT_FACTOR], 0.0, 0.0
+    if kind == E.LINEAR:
+        start, end, total = r[E.LINEAR_START], r[E.LINEAR_END], r[E.LINEAR_TOTAL]
         progress = 1.0 if total == 0.0 else min(t, total) / total
         return start + (end - start) * progress, 0.0, 0.0
-    if kind == STEP:
-        return math.pow(r[2], math.floor(t / r[1])), 0.0, 0.0
-    if kind == EXPONENTIAL:
-        return math.pow(r[1], t), 0.0, 0.0
-    if kind == POLYNOMIAL:
-        total, power, end = r[1], r[2], r[3]
+    if kind == E.STEP:
+        return math.pow(r[E.STEP_GAMMA], math.floor(t / r[E.STEP_SIZE])), 0.0, 0.0
+    if kind == E.EXPONENTIAL:
+        return math.pow(r[E.EXPONENTIAL_GAMMA], t), 0.0, 0.0
+    if kind == E.POLYNOMIAL:
+        total, power, end = r[E.POLYNOMIAL_TOTAL], r[E.POLYNOMIAL_POWER], r[E.POLYNOMIAL_END]
         # a phase of length 0 is finished (progress 1): 0 ** power, which is 1 for power 0
         base = 0.0 if total == 0.0 else 1.0 - min(t, total) / total
         return math.pow(base, power) * (1.0 - end) + end, 0.0, 0.0
-    if kind == COSINE:
-        total, end = r[1], r[2]
+    if kind == E.COSINE:
+        total, end = r[E.COSINE_TOTAL], r[E.COSINE_END]
         if total == 0.0:
             return end, 0.0, 0.0
         return end + (1.0 - end) * (1.0 + math.cos(math.pi * min(t, total) / total)) / 2.0, 0.0, 0.0
-    if kind == COSINE_RESTARTS:
+    if kind == E.COSINE_RESTARTS:
         return _cosine_restarts(r, t), 0.0, 0.0
-    if kind == ONE_CYCLE:
+    if kind == E.ONE_CYCLE:
         return _one_cycle(r, t)
-    if kind == CYCLIC:
+    if kind == E.CYCLIC:
         return _cyclic(r, t)
-    if kind == INVERSE_SQRT:
-        w, timescale = r[1], r[2]
+    if kind == E.INVERSE_SQRT:
+        w, timescale = r[E.INVERSE_SQRT_WARMUP], r[E.INVERSE_SQRT_TIMESCALE]
         if t < w:
             return t / w, 0.0, 0.0
         return 1.0 / math.sqrt((t + timescale - w) / timescale), 0.0, 0.0
-    if kind == WSD:
+    if kind == E.WSD:
         return _wsd(r, t), 0.0, 0.0
     return math.nan, 0.0, 0.0                       # unknown kind, or a SWITCH cycle
 
@@ -173,12 +174,12 @@ def evaluate(program, t):
     """(factor, momentum, has_momentum) of ``program`` (float64[n, NODE_SIZE]) at ``t``."""
     row = 0
     for _ in range(program.shape[0]):
-        if program[row, 0] != SWITCH:
+        if program[row, 0] != E.SWITCH:
             break
-        milestone = program[row, 1]
+        milestone = program[row, E.SWITCH_MILESTONE]
         if t < milestone:
-            row = int(program[row, 2])
+            row = int(program[row, E.SWITCH_LEFT])
         else:
             t = t - milestone
-            row = int(program[row, 3])
+            row = int(program[row, E.SWITCH_RIGHT])
     return _leaf(program[row], t)

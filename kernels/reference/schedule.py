@@ -46,10 +46,10 @@ def _descend(program, t):
     # A tree with k SWITCH rows has k + 1 leaves, so a path crosses at most (n - 1) // 2.
     for _ in range((n_nodes - 1) // 2):
         is_switch = row[0] == E.SWITCH
-        milestone = row[1]
+        milestone = row[E.SWITCH_MILESTONE]
         right = t >= milestone
         t = torch.where(is_switch & right, t - milestone, t)
-        child = torch.where(right, row[3], row[2]).long()
+        child = torch.where(right, row[E.SWITCH_RIGHT], row[E.SWITCH_LEFT]).long()
         index = torch.where(is_switch, child, index)
         row = program.index_select(0, index.reshape(1))[0]
     return row, t
@@ -75,7 +75,10 @@ def _restarts_cycle(t0, mult, t):
 
 def _one_cycle(s, t):
     """(factor, momentum) of OneCycleLR; ``t`` clamped to the last phase end (held)."""
-    e1, e2, e3, initial, minimum, anneal, three_phase, _, base_m, max_m = s[1:11]
+    e1, e2, e3 = s[E.ONE_CYCLE_END1], s[E.ONE_CYCLE_END2], s[E.ONE_CYCLE_END3]
+    initial, minimum, anneal = s[E.ONE_CYCLE_INITIAL], s[E.ONE_CYCLE_MINIMUM], s[E.ONE_CYCLE_ANNEAL]
+    three_phase = s[E.ONE_CYCLE_THREE_PHASE]
+    base_m, max_m = s[E.ONE_CYCLE_BASE_MOMENTUM], s[E.ONE_CYCLE_MAX_MOMENTUM]
     three = three_phase != 0
     t = torch.minimum(t, e3)
     # torch picks the first phase with t <= end_step, else the last one.
@@ -95,7 +98,9 @@ def _one_cycle(s, t):
 def _cyclic(s, t):
     """(factor, momentum) of CyclicLR; triangular2 uses 0.5 ** (cycle - 1) (underflows to 0,
     never overflows)."""
-    total_size, step_ratio, base, mode, gamma, _, base_m, max_m = s[1:9]
+    total_size, step_ratio = s[E.CYCLIC_TOTAL_SIZE], s[E.CYCLIC_STEP_RATIO]
+    base, mode, gamma = s[E.CYCLIC_BASE], s[E.CYCLIC_MODE], s[E.CYCLIC_GAMMA]
+    base_m, max_m = s[E.CYCLIC_BASE_MOMENTUM], s[E.CYCLIC_MAX_MOMENTUM]
     cycle = torch.floor(1 + t / total_size)
     x = 1.0 + t / total_size - cycle
     scale_factor = torch.where(x <= step_ratio,
@@ -109,7 +114,8 @@ def _cyclic(s, t):
 
 
 def _wsd(s, t):
-    w, stable, d, decay, end, start = s[1:7]
+    w, stable, d = s[E.WSD_WARMUP], s[E.WSD_STABLE], s[E.WSD_DECAY_STEPS]
+    decay, end, start = s[E.WSD_DECAY], s[E.WSD_END], s[E.WSD_START]
     progress = (t - w - stable) / d
     shape = torch.where(decay == E.DECAY_LINEAR, 1.0 - progress,
                         torch.where(decay == E.DECAY_COSINE,
@@ -131,18 +137,22 @@ def evaluate(program: torch.Tensor, position: torch.Tensor):
     s, t = _descend(program, position.to(torch.float64))
     kind = s[0]
 
-    power_step = s[2] ** torch.floor(t / s[1])
-    exponential = s[1] ** t
-    polynomial = (1.0 - _progress(t, s[1])) ** s[2] * (1.0 - s[3]) + s[3]
-    linear = s[1] + (s[2] - s[1]) * _progress(t, s[3])
-    cosine = _cosine_anneal(s[2], t, s[1])
-    restarts = _cosine_anneal(s[3], *_restarts_cycle(s[1], s[2], t))
+    power_step = s[E.STEP_GAMMA] ** torch.floor(t / s[E.STEP_SIZE])
+    exponential = s[E.EXPONENTIAL_GAMMA] ** t
+    end = s[E.POLYNOMIAL_END]
+    polynomial = ((1.0 - _progress(t, s[E.POLYNOMIAL_TOTAL])) ** s[E.POLYNOMIAL_POWER]
+                  * (1.0 - end) + end)
+    start = s[E.LINEAR_START]
+    linear = start + (s[E.LINEAR_END] - start) * _progress(t, s[E.LINEAR_TOTAL])
+    cosine = _cosine_anneal(s[E.COSINE_END], t, s[E.COSINE_TOTAL])
+    restarts = _cosine_anneal(s[E.RESTARTS_END], *_restarts_cycle(
+        s[E.RESTARTS_FIRST_CYCLE], s[E.RESTARTS_MULT], t))
     one_cycle, one_cycle_momentum = _one_cycle(s, t)
     cyclic, cyclic_momentum = _cyclic(s, t)
-    w, timescale = s[1], s[2]
+    w, timescale = s[E.INVERSE_SQRT_WARMUP], s[E.INVERSE_SQRT_TIMESCALE]
     inverse_sqrt = torch.where(t < w, t / w, 1.0 / torch.sqrt((t + (timescale - w)) / timescale))
 
-    factor = s[1]  # CONSTANT
+    factor = s[E.CONSTANT_FACTOR]
     for code, value in ((E.LINEAR, linear), (E.STEP, power_step),
                         (E.EXPONENTIAL, exponential), (E.POLYNOMIAL, polynomial),
                         (E.COSINE, cosine), (E.COSINE_RESTARTS, restarts),
@@ -153,7 +163,8 @@ def evaluate(program: torch.Tensor, position: torch.Tensor):
     is_one_cycle, is_cyclic = kind == E.ONE_CYCLE, kind == E.CYCLIC
     momentum = torch.where(is_one_cycle, one_cycle_momentum,
                            torch.where(is_cyclic, cyclic_momentum, 0.0))
-    cycles = (is_one_cycle & (s[8] != 0)) | (is_cyclic & (s[6] != 0))
+    cycles = ((is_one_cycle & (s[E.ONE_CYCLE_CYCLE_MOMENTUM] != 0))
+              | (is_cyclic & (s[E.CYCLIC_CYCLE_MOMENTUM] != 0)))
     has_momentum = cycles.to(torch.float64)
     momentum = torch.where(cycles, momentum, 0.0)
     return factor, momentum, has_momentum

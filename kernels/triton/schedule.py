@@ -40,19 +40,9 @@ def _probe():
 # module was imported); decided by what triton did, not by the environment now.
 INTERPRET = type(_probe).__name__ == "InterpretedFunction"
 
+# Kind codes and slots are read as ``E.<NAME>`` (module attributes: Triton takes their int
+# values as constants); the row length as a constexpr.
 _NODE: tl.constexpr = tl.constexpr(E.NODE_SIZE)
-_SWITCH: tl.constexpr = tl.constexpr(E.SWITCH)
-_CONSTANT: tl.constexpr = tl.constexpr(E.CONSTANT)
-_LINEAR: tl.constexpr = tl.constexpr(E.LINEAR)
-_STEP: tl.constexpr = tl.constexpr(E.STEP)
-_EXPONENTIAL: tl.constexpr = tl.constexpr(E.EXPONENTIAL)
-_POLYNOMIAL: tl.constexpr = tl.constexpr(E.POLYNOMIAL)
-_COSINE: tl.constexpr = tl.constexpr(E.COSINE)
-_COSINE_RESTARTS: tl.constexpr = tl.constexpr(E.COSINE_RESTARTS)
-_ONE_CYCLE: tl.constexpr = tl.constexpr(E.ONE_CYCLE)
-_CYCLIC: tl.constexpr = tl.constexpr(E.CYCLIC)
-_INVERSE_SQRT: tl.constexpr = tl.constexpr(E.INVERSE_SQRT)
-_WSD: tl.constexpr = tl.constexpr(E.WSD)
 # pi is written as a literal: PTX keeps it exact (mul.f64 ..., 0d400921FB54442D18).
 
 if INTERPRET:
@@ -132,112 +122,134 @@ def evaluate(program_ptr, n_nodes, t):
     for _ in range(n_nodes):
         row = program_ptr + node * _NODE
         kind = tl.load(row)
-        m = tl.load(row + 1)
-        is_switch = kind == _SWITCH
+        m = tl.load(row + E.SWITCH_MILESTONE)
+        is_switch = kind == E.SWITCH
         right = t >= m
-        nxt = tl.where(right, tl.load(row + 3), tl.load(row + 2)).to(tl.int32)
+        nxt = tl.where(right, tl.load(row + E.SWITCH_RIGHT),
+                       tl.load(row + E.SWITCH_LEFT)).to(tl.int32)
         t = tl.where(is_switch & right, t - m, t)
         node = tl.where(is_switch, nxt, node)
     row = program_ptr + node * _NODE
     kind = tl.load(row)
-    a1 = tl.load(row + 1)
-    a2 = tl.load(row + 2)
-    a3 = tl.load(row + 3)
-    a4 = tl.load(row + 4)
-    a5 = tl.load(row + 5)
-    a6 = tl.load(row + 6)
-    a7 = tl.load(row + 7)
-    a8 = tl.load(row + 8)
-    a9 = tl.load(row + 9)
-    a10 = tl.load(row + 10)
     one = tl.full((), 1.0, tl.float64)
     factor = one
     mom = one * 0.0
     has_m = one * 0.0
-    # 2. The leaf: a scalar if-chain, so only the taken kind runs.
-    if kind == _CONSTANT:
-        factor = a1
-    elif kind == _LINEAR:
-        # start a1, end a2, T a3; start + (end - start) * progress, progress = min(t, T) / T
-        # (1 when T == 0), in the reference's order of operations
-        progress = tl.where(a3 > 0, tl.minimum(t, a3) / tl.where(a3 > 0, a3, 1.0), 1.0)
-        factor = a1 + (a2 - a1) * progress
-    elif kind == _STEP:
-        factor = _pow(a2, tl.floor(t / a1))
-    elif kind == _EXPONENTIAL:
-        factor = _pow(a1, t)
-    elif kind == _POLYNOMIAL:
-        # T a1, power a2, end a3
-        tt = tl.minimum(t, a1)
+    # 2. The leaf: a scalar if-chain, so only the taken kind runs (and loads its slots).
+    if kind == E.CONSTANT:
+        factor = tl.load(row + E.CONSTANT_FACTOR)
+    elif kind == E.LINEAR:
+        start = tl.load(row + E.LINEAR_START)
+        end = tl.load(row + E.LINEAR_END)
+        total = tl.load(row + E.LINEAR_TOTAL)
+        # start + (end - start) * progress, progress = min(t, T) / T (1 when T == 0), in the
+        # reference's order of operations
+        progress = tl.where(total > 0, tl.minimum(t, total) / tl.where(total > 0, total, 1.0),
+                            1.0)
+        factor = start + (end - start) * progress
+    elif kind == E.STEP:
+        factor = _pow(tl.load(row + E.STEP_GAMMA), tl.floor(t / tl.load(row + E.STEP_SIZE)))
+    elif kind == E.EXPONENTIAL:
+        factor = _pow(tl.load(row + E.EXPONENTIAL_GAMMA), t)
+    elif kind == E.POLYNOMIAL:
+        total = tl.load(row + E.POLYNOMIAL_TOTAL)
+        power = tl.load(row + E.POLYNOMIAL_POWER)
+        end = tl.load(row + E.POLYNOMIAL_END)
+        tt = tl.minimum(t, total)
         # a phase of length 0 is finished (progress 1): 0 ** power, which is 1 for power 0
-        base = tl.where(a1 > 0, 1.0 - tt / tl.where(a1 > 0, a1, 1.0), 0.0)
-        factor = _pow(base, a2) * (1.0 - a3) + a3
-    elif kind == _COSINE:
-        # T a1, end a2
-        tt = tl.minimum(t, a1)
-        c = (1.0 + _cos(3.141592653589793 * tt / tl.where(a1 > 0, a1, 1.0))) / 2.0
-        factor = tl.where(a1 > 0, a2 + (1.0 - a2) * c, a2)
-    elif kind == _COSINE_RESTARTS:
-        # T0 a1, mult a2, end a3. Cycle i starts at T0*(mult**i - 1)/(mult - 1) (i*T0 when
-        # mult == 1); the index from floor(log) is corrected by one step each way, so it is
-        # exact at every boundary.
-        mult1 = a2 == 1.0
-        msafe = tl.where(mult1, 2.0, a2)
-        n_log = tl.floor(_log(t / a1 * (msafe - 1.0) + 1.0) / _log(msafe))
-        n = tl.where(mult1, tl.floor(t / a1), n_log)
+        base = tl.where(total > 0, 1.0 - tt / tl.where(total > 0, total, 1.0), 0.0)
+        factor = _pow(base, power) * (1.0 - end) + end
+    elif kind == E.COSINE:
+        total = tl.load(row + E.COSINE_TOTAL)
+        end = tl.load(row + E.COSINE_END)
+        tt = tl.minimum(t, total)
+        c = (1.0 + _cos(3.141592653589793 * tt / tl.where(total > 0, total, 1.0))) / 2.0
+        factor = tl.where(total > 0, end + (1.0 - end) * c, end)
+    elif kind == E.COSINE_RESTARTS:
+        t0 = tl.load(row + E.RESTARTS_FIRST_CYCLE)
+        mult = tl.load(row + E.RESTARTS_MULT)
+        end = tl.load(row + E.RESTARTS_END)
+        # Cycle i starts at T0*(mult**i - 1)/(mult - 1) (i*T0 when mult == 1); the index from
+        # floor(log) is corrected by one step each way, so it is exact at every boundary.
+        mult1 = mult == 1.0
+        msafe = tl.where(mult1, 2.0, mult)
+        n_log = tl.floor(_log(t / t0 * (msafe - 1.0) + 1.0) / _log(msafe))
+        n = tl.where(mult1, tl.floor(t / t0), n_log)
         n = tl.maximum(n, 0.0)
-        start = tl.where(mult1, n * a1, a1 * (_pow(msafe, n) - 1.0) / (msafe - 1.0))
+        start = tl.where(mult1, n * t0, t0 * (_pow(msafe, n) - 1.0) / (msafe - 1.0))
         n = tl.where(start > t, n - 1.0, n)
-        start = tl.where(mult1, n * a1, a1 * (_pow(msafe, n) - 1.0) / (msafe - 1.0))
-        nxt = tl.where(mult1, (n + 1.0) * a1, a1 * (_pow(msafe, n + 1.0) - 1.0) / (msafe - 1.0))
+        start = tl.where(mult1, n * t0, t0 * (_pow(msafe, n) - 1.0) / (msafe - 1.0))
+        nxt = tl.where(mult1, (n + 1.0) * t0,
+                       t0 * (_pow(msafe, n + 1.0) - 1.0) / (msafe - 1.0))
         n = tl.where(nxt <= t, n + 1.0, n)
         start = tl.where(nxt <= t, nxt, start)
-        t_i = tl.where(mult1, a1, a1 * _pow(msafe, n))
-        factor = a3 + (1.0 - a3) * (1.0 + _cos(3.141592653589793 * (t - start) / t_i)) / 2.0
-    elif kind == _ONE_CYCLE:
-        # e1 a1, e2 a2, e3 a3, initial a4, min a5, anneal a6, three_phase a7,
-        # cycle_momentum a8, base_momentum a9, max_momentum a10; t held at e3.
-        tt = tl.minimum(t, a3)
-        three = a7 != 0
-        in1 = tt <= a1
-        in2 = three & (tt <= a2)
-        p_start = tl.where(in1, 0.0, tl.where(three & (tt > a2), a2, a1))
-        p_end = tl.where(in1, a1, tl.where(in2, a2, a3))
-        lr_s = tl.where(in1, a4, tl.where(three & (tt > a2), a4, one))
-        lr_e = tl.where(in1, one, tl.where(in2, a4, a5))
-        m_s = tl.where(in1, a10, tl.where(in2, a9, tl.where(three, a10, a9)))
-        m_e = tl.where(in1, a9, a10)
+        t_i = tl.where(mult1, t0, t0 * _pow(msafe, n))
+        factor = end + (1.0 - end) * (1.0 + _cos(3.141592653589793 * (t - start) / t_i)) / 2.0
+    elif kind == E.ONE_CYCLE:
+        e1 = tl.load(row + E.ONE_CYCLE_END1)
+        e2 = tl.load(row + E.ONE_CYCLE_END2)
+        e3 = tl.load(row + E.ONE_CYCLE_END3)
+        initial = tl.load(row + E.ONE_CYCLE_INITIAL)
+        minimum = tl.load(row + E.ONE_CYCLE_MINIMUM)
+        anneal = tl.load(row + E.ONE_CYCLE_ANNEAL)
+        base_m = tl.load(row + E.ONE_CYCLE_BASE_MOMENTUM)
+        max_m = tl.load(row + E.ONE_CYCLE_MAX_MOMENTUM)
+        tt = tl.minimum(t, e3)                       # held at the last phase end
+        three = tl.load(row + E.ONE_CYCLE_THREE_PHASE) != 0
+        in1 = tt <= e1
+        in2 = three & (tt <= e2)
+        p_start = tl.where(in1, 0.0, tl.where(three & (tt > e2), e2, e1))
+        p_end = tl.where(in1, e1, tl.where(in2, e2, e3))
+        lr_s = tl.where(in1, initial, tl.where(three & (tt > e2), initial, one))
+        lr_e = tl.where(in1, one, tl.where(in2, initial, minimum))
+        m_s = tl.where(in1, max_m, tl.where(in2, base_m, tl.where(three, max_m, base_m)))
+        m_e = tl.where(in1, base_m, max_m)
         pct = _pct(tt, p_start, p_end)
-        factor = _anneal(a6, lr_s, lr_e, pct)
-        mom = _anneal(a6, m_s, m_e, pct)
-        has_m = tl.where(a8 != 0, one, 0.0)
-    elif kind == _CYCLIC:
-        # total_size a1, step_ratio a2, base a3, mode a4, gamma a5, cycle_momentum a6,
-        # base_momentum a7, max_momentum a8 (torch CyclicLR, in factors of max_lr)
-        cycle = tl.floor(1.0 + t / a1)
-        x = 1.0 + t / a1 - cycle
+        factor = _anneal(anneal, lr_s, lr_e, pct)
+        mom = _anneal(anneal, m_s, m_e, pct)
+        has_m = tl.where(tl.load(row + E.ONE_CYCLE_CYCLE_MOMENTUM) != 0, one, 0.0)
+    elif kind == E.CYCLIC:
+        # torch CyclicLR, in factors of max_lr
+        total_size = tl.load(row + E.CYCLIC_TOTAL_SIZE)
+        step_ratio = tl.load(row + E.CYCLIC_STEP_RATIO)
+        base = tl.load(row + E.CYCLIC_BASE)
+        mode = tl.load(row + E.CYCLIC_MODE)
+        base_m = tl.load(row + E.CYCLIC_BASE_MOMENTUM)
+        max_m = tl.load(row + E.CYCLIC_MAX_MOMENTUM)
+        cycle = tl.floor(1.0 + t / total_size)
+        x = 1.0 + t / total_size - cycle
         # a rising phase of length 0 (step_ratio 0) is finished: scale 1, never 0 / 0
-        rise = tl.where(a2 > 0, x / tl.where(a2 > 0, a2, 1.0), one)
-        scale = tl.where(x <= a2, rise, (x - 1.0) / tl.where(a2 < 1.0, a2 - 1.0, -1.0))
+        rise = tl.where(step_ratio > 0, x / tl.where(step_ratio > 0, step_ratio, 1.0), one)
+        scale = tl.where(x <= step_ratio, rise,
+                         (x - 1.0) / tl.where(step_ratio < 1.0, step_ratio - 1.0, -1.0))
         # triangular2: 0.5**(cycle-1) underflows to 0 where torch's 1/2.0**(cycle-1)
         # overflows (pytorch/pytorch#52989).
-        sf = tl.where(a4 == 0, one, tl.where(a4 == 1, _pow(one * 0.5, cycle - 1.0), _pow(a5, t)))
+        sf = tl.where(mode == E.CYCLIC_TRIANGULAR, one,
+                      tl.where(mode == E.CYCLIC_TRIANGULAR2, _pow(one * 0.5, cycle - 1.0),
+                               _pow(tl.load(row + E.CYCLIC_GAMMA), t)))
         scale = scale * sf
-        factor = a3 + (1.0 - a3) * scale
-        mom = a8 - (a8 - a7) * scale
-        has_m = tl.where(a6 != 0, one, 0.0)
-    elif kind == _INVERSE_SQRT:
-        # W a1, timescale a2
-        warm = t / tl.where(a1 > 0, a1, 1.0)
-        factor = tl.where(t < a1, warm, 1.0 / _sqrt((t + (a2 - a1)) / a2))
-    elif kind == _WSD:
-        # W a1, S a2, D a3, decay a4, end a5, start a6
-        d0 = a1 + a2
-        p = (t - d0) / tl.where(a3 > 0, a3, 1.0)
-        law = tl.where(a4 == 0, 1.0 - p,
-                       tl.where(a4 == 1, 0.5 * (1.0 + _cos(3.141592653589793 * p)), 1.0 - _sqrt(tl.maximum(p, 0.0))))
-        decay = a5 + (1.0 - a5) * law
-        warm = a6 + (1.0 - a6) * (t / tl.where(a1 > 0, a1, 1.0))
+        factor = base + (1.0 - base) * scale
+        mom = max_m - (max_m - base_m) * scale
+        has_m = tl.where(tl.load(row + E.CYCLIC_CYCLE_MOMENTUM) != 0, one, 0.0)
+    elif kind == E.INVERSE_SQRT:
+        w = tl.load(row + E.INVERSE_SQRT_WARMUP)
+        timescale = tl.load(row + E.INVERSE_SQRT_TIMESCALE)
+        warm = t / tl.where(w > 0, w, 1.0)
+        factor = tl.where(t < w, warm, 1.0 / _sqrt((t + (timescale - w)) / timescale))
+    elif kind == E.WSD:
+        w = tl.load(row + E.WSD_WARMUP)
+        d = tl.load(row + E.WSD_DECAY_STEPS)
+        decay = tl.load(row + E.WSD_DECAY)
+        end = tl.load(row + E.WSD_END)
+        start = tl.load(row + E.WSD_START)
+        d0 = w + tl.load(row + E.WSD_STABLE)
+        p = (t - d0) / tl.where(d > 0, d, 1.0)
+        law = tl.where(decay == E.DECAY_LINEAR, 1.0 - p,
+                       tl.where(decay == E.DECAY_COSINE,
+                                0.5 * (1.0 + _cos(3.141592653589793 * p)),
+                                1.0 - _sqrt(tl.maximum(p, 0.0))))
+        decayed = end + (1.0 - end) * law
+        warm = start + (1.0 - start) * (t / tl.where(w > 0, w, 1.0))
         # t == W+S gives 1 also when D == 0 (1 is reached before the drop, torchtitan#1010)
-        factor = tl.where(t < a1, warm, tl.where(t <= d0, one, tl.where(t < d0 + a3, decay, a5)))
+        factor = tl.where(t < w, warm, tl.where(t <= d0, one, tl.where(t < d0 + d, decayed, end)))
     return factor, mom, has_m
