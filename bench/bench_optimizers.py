@@ -4,7 +4,7 @@ pytest runs them with ``--benchmark-disable`` (pyproject addopts): each case the
 step once and checks what it ran (the parameters changed and stayed finite), so CI checks
 the benchmarked code without timing anything. ``pytest bench --benchmark-enable`` times
 them. The full comparison (big tensors, the memory roof, interleaved rounds, ratios) is
-``fusedsched bench``; see ``fusedsched/bench.py``.
+``fusedsched bench``; see ``fusedsched/cli/bench.py``.
 """
 
 import json
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from fusedsched import bench as B
+from fusedsched.cli import bench as B
 
 SIZES = {"1x16k": [(1 << 14,)], "64x256": [(256,)] * 64}
 PROVIDERS = ("loop", "foreach", "fused", "fusedsched")
@@ -72,7 +72,7 @@ def test_step_half(benchmark, provider, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_roof(benchmark, columns, dtype):
     """The roof reads every column and writes all but the grad (XOR of what it read)."""
-    from fusedsched._roof import Roof
+    from fusedsched.cli.roof import Roof
 
     roof = Roof([(1000,), (70_000,), (0,), (3,)], dtype, columns)
     for row in roof.tensors:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fusedsched as fs
-from fusedsched import demo
+from fusedsched.cli import demo
 from fusedsched import schedules as S
 
 RUNS = {

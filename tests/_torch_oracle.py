@@ -8,6 +8,7 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS, torch_scheduler  # noqa: F401 (re-exported)
 from fusedsched.kernels.numba import adam as _numba_adam
 from fusedsched.kernels.numba import set_sqrt_mode
 from fusedsched.kernels.numba.schedule import evaluate as _numba_evaluate
@@ -15,11 +16,8 @@ from fusedsched.kernels.reference import _common as _ref_common
 from fusedsched.kernels.reference import adam as _ref_adam
 from fusedsched.kernels.reference import rmsprop as _ref_rmsprop
 
-TORCH_CLASS = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
-               "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-               "adamw": torch.optim.AdamW}
-OURS_CLASS = {"sgd": fs.SGD, "momentum": fs.Momentum, "rmsprop": fs.RMSprop,
-              "adam": fs.Adam, "adamw": fs.AdamW}
+TORCH_CLASS = {name: info.torch_cls for name, info in OPTIMIZERS.items()}
+OURS_CLASS = {name: info.cls for name, info in OPTIMIZERS.items()}
 
 SHAPES = [(5, 3), (0,), (7,), (2, 1, 3)]
 
@@ -96,30 +94,6 @@ def grads_for(step, params, seed=1):
     return [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) for p in params]
 
 
-def torch_scheduler(opt, schedule, lr):
-    """The torch scheduler that reproduces ``schedule`` on ``opt`` (whose lr is ``lr``):
-    torch's own OneCycleLR / CyclicLR for the momentum-cycling kinds (LambdaLR cannot cycle
-    momentum), LambdaLR for everything else."""
-    if isinstance(schedule, S.Schedule) and schedule.cycles_momentum:
-        spec = schedule.to_spec()
-        kind = spec["kind"]
-        if kind == "one_cycle":
-            return torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=lr, total_steps=spec["total_steps"], pct_start=spec["pct_start"],
-                anneal_strategy=spec["anneal"], div_factor=spec["div_factor"],
-                final_div_factor=spec["final_div_factor"], three_phase=spec["three_phase"],
-                cycle_momentum=True, base_momentum=spec["base_momentum"],
-                max_momentum=spec["max_momentum"])
-        if kind == "cyclic":
-            return torch.optim.lr_scheduler.CyclicLR(
-                opt, base_lr=spec["base_factor"] * lr, max_lr=lr,
-                step_size_up=spec["step_size_up"], step_size_down=spec["step_size_down"],
-                mode=spec["mode"], gamma=spec["gamma"], cycle_momentum=True,
-                base_momentum=spec["base_momentum"], max_momentum=spec["max_momentum"])
-        raise AssertionError(f"no torch scheduler for {schedule!r}")
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t))
-
-
 def run_pair(name, config, schedule, *, dtype=torch.float64, steps=35, backend="reference",
              shapes=SHAPES, torch_extra=None):
     """Run torch and fusedsched for ``steps`` updates; return (torch_opt, ours_opt,
@@ -129,9 +103,7 @@ def run_pair(name, config, schedule, *, dtype=torch.float64, steps=35, backend="
     base = make_params(dtype, shapes)
     theirs = [p.clone().requires_grad_() for p in base]
     ours = [p.clone().requires_grad_() for p in base]
-    torch_config = dict(config, **(torch_extra or {}))
-    if name == "momentum":
-        torch_config.setdefault("momentum", 0.9)
+    torch_config = {**OPTIMIZERS[name].torch_defaults, **config, **(torch_extra or {})}
     t_opt = TORCH_CLASS[name](theirs, lr=lr, **torch_config)
     sched = torch_scheduler(t_opt, schedule, lr)
     o_opt = OURS_CLASS[name](ours, lr=lr, schedule=schedule, backend=backend, **config)

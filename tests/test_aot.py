@@ -47,7 +47,7 @@ def test_aot_in_process_sgd_rmsprop_sm80():
 
 
 def test_variant_space_and_goal_check():
-    from fusedsched import aot as cli
+    from fusedsched.cli import aot as cli
     from fusedsched.kernels.triton import aot
     assert len(aot.jobs_for("sm_90")) == (24 + 32 + 32) * 4
     assert not any(f["NESTEROV"] and not f["USE_MOMENTUM"] for _, f in aot.variants("sgd"))

@@ -8,12 +8,19 @@ import math
 import pytest
 import torch
 
-from fusedsched import check as C
+from fusedsched.cli import check as C
+from fusedsched.cli import optim_db as DB
 from fusedsched.cli import COMMANDS, main
 
 
+def _only(monkeypatch, *names):
+    """The check matrix over the defaults of ``names`` only (the database patched)."""
+    monkeypatch.setattr(DB, "OPTIMIZERS", {n: DB.OPTIMIZERS[n]._replace(configs=({},))
+                                          for n in names})
+
+
 def test_registered():
-    assert COMMANDS["check"][0] == "fusedsched.check"
+    assert COMMANDS["check"][0] == "fusedsched.cli.check"
 
 
 def test_quick_passes_prints_table_and_writes_only_under_out(tmp_path, capsys):
@@ -39,7 +46,7 @@ def test_quick_passes_prints_table_and_writes_only_under_out(tmp_path, capsys):
 def test_without_out_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(C, "QUICK_DTYPES", ("float64",))
-    monkeypatch.setattr(C, "CONFIGS", {"adam": [{}]})
+    _only(monkeypatch, "adam")
     monkeypatch.setattr(C, "SCHEDULE_OPTIMIZERS", ())
     monkeypatch.setattr(C, "QUICK_SCHEDULE_OPTIMIZERS", ())
     assert main(["check", "--device", "cpu", "--quick"]) == 0
@@ -60,7 +67,7 @@ def test_a_wrong_result_fails_with_nonzero_exit(monkeypatch, capsys):
 
     monkeypatch.setattr(fs.Adam, "_kernel_args", wrong)
     monkeypatch.setattr(C, "QUICK_DTYPES", ("float64",))
-    monkeypatch.setattr(C, "CONFIGS", {"adam": [{}], "sgd": [{}]})
+    _only(monkeypatch, "adam", "sgd")
     monkeypatch.setattr(C, "QUICK_SCHEDULE_OPTIMIZERS", ())
     monkeypatch.setattr(C, "_backends", lambda device: ["reference"])
     rc = main(["check", "--device", "cpu", "--quick"])
@@ -79,7 +86,7 @@ def test_a_crash_is_a_failure(monkeypatch, capsys):
 
     monkeypatch.setattr(fs.RMSprop, "step", boom)
     monkeypatch.setattr(C, "QUICK_DTYPES", ("float32",))
-    monkeypatch.setattr(C, "CONFIGS", {"rmsprop": [{}]})
+    _only(monkeypatch, "rmsprop")
     monkeypatch.setattr(C, "QUICK_SCHEDULE_OPTIMIZERS", ())
     monkeypatch.setattr(C, "_backends", lambda device: ["reference"])
     assert main(["check", "--device", "cpu", "--quick"]) == 1

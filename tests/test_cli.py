@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import fusedsched
-from fusedsched import bench as B
+from fusedsched.cli import bench as B
 from fusedsched.cli import COMMANDS, main
 
 
@@ -202,7 +202,7 @@ def test_bench_table_shows_ratios_and_the_roof_not_goals():
                                            ("sklearn", "scikit-learn")])
 def test_demo_without_dev_extra_says_what_to_install(monkeypatch, tmp_path, capsys,
                                                      blocked, dist):
-    from fusedsched import demo
+    from fusedsched.cli import demo
 
     real_import = builtins.__import__
 
@@ -225,7 +225,7 @@ def test_demo_without_dev_extra_says_what_to_install(monkeypatch, tmp_path, caps
 
 
 def test_demo_missing_module_in_sys_modules(monkeypatch):
-    from fusedsched import demo
+    from fusedsched.cli import demo
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
@@ -237,7 +237,7 @@ def test_demo_missing_module_in_sys_modules(monkeypatch):
 def test_aot_reports_progress_and_where_it_writes(monkeypatch, tmp_path, capsys):
     """Progress per variant with an estimate of the time left, and the cache folder, on
     stderr (the compile itself is faked: ``test_aot.py`` compiles for real)."""
-    from fusedsched import aot as cli
+    from fusedsched.cli import aot as cli
     from fusedsched.kernels.triton import aot
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # restored after the test

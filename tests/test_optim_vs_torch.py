@@ -10,24 +10,12 @@ import pytest
 import torch
 
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS
 
 from _torch_oracle import OURS_CLASS, TORCH_CLASS, compare_states, run_pair
 from _ulps import assert_round_alike_in_fp32
 
-CONFIGS = {
-    "sgd": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
-            {"momentum": 0.9, "dampening": 0.5}, {"momentum": 0.5, "weight_decay": 0.1},
-            {"maximize": True, "momentum": 0.9, "weight_decay": 0.1}],
-    "momentum": [{}, {"nesterov": True, "weight_decay": 0.01}],
-    "rmsprop": [{}, {"centered": True}, {"momentum": 0.9}, {"alpha": 0.9, "eps": 1e-6},
-                {"centered": True, "momentum": 0.5, "weight_decay": 0.1},
-                {"maximize": True, "weight_decay": 0.05}],
-    "adam": [{}, {"amsgrad": True}, {"weight_decay": 0.1},
-             {"weight_decay": 0.1, "decoupled_weight_decay": True},
-             {"maximize": True, "amsgrad": True, "weight_decay": 0.05},
-             {"betas": (0.8, 0.99), "eps": 1e-6}],
-    "adamw": [{}, {"amsgrad": True, "weight_decay": 0.5}, {"maximize": True}],
-}
+CONFIGS = {name: info.configs for name, info in OPTIMIZERS.items()}
 CASES = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
 
 SCHEDULES = {

@@ -10,12 +10,12 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import DTYPES as DB_DTYPES, OPTIMIZERS
 
 from conftest import BACKENDS
 
 NAN, INF = float("nan"), float("inf")
-CLASSES = {"sgd": fs.SGD, "momentum": fs.Momentum, "rmsprop": fs.RMSprop, "adam": fs.Adam,
-           "adamw": fs.AdamW}
+CLASSES = {name: info.cls for name, info in OPTIMIZERS.items()}
 
 
 def _p(n=2, dtype=torch.float32):
@@ -366,9 +366,8 @@ SWEEP = [("sgd", {}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay"
          ("adam", {}), ("adam", {"amsgrad": True, "weight_decay": 0.1}),
          ("adam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True}),
          ("adamw", {"amsgrad": True})]
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-TORCH = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-         "adamw": torch.optim.AdamW}
+DTYPES = list(DB_DTYPES)
+TORCH = {name: info.torch_cls for name, info in OPTIMIZERS.items()}
 
 
 def _extreme_grads(dtype):

@@ -194,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError:          # rich is in the dev extra: plain lines instead
         Console = None
 
-    from .kernels.triton import aot
+    from fusedsched.kernels.triton import aot
 
     console = Console() if Console else None             # the report (stdout)
     err = Console(stderr=True) if Console else None       # where it writes, progress

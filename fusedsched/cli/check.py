@@ -45,21 +45,6 @@ HALF_TOLERANCE_ULPS = 4.0       # bfloat16 / float16: (4 + steps / 2) * eps(dtyp
 STEPS, QUICK_STEPS = 30, 8
 LR = 0.05
 
-# Per optimizer: flag combinations, the first QUICK_CONFIGS of each in --quick.
-CONFIGS = {
-    "sgd": [{}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.9, "dampening": 0.5,
-                                                      "weight_decay": 0.1},
-            {"maximize": True, "momentum": 0.9, "weight_decay": 0.1}],
-    "momentum": [{}, {"nesterov": True, "weight_decay": 0.01}],
-    "rmsprop": [{}, {"centered": True, "momentum": 0.5, "weight_decay": 0.1},
-                {"momentum": 0.9}, {"maximize": True, "alpha": 0.9, "eps": 1e-6}],
-    "adam": [{}, {"amsgrad": True, "weight_decay": 0.1},
-             {"weight_decay": 0.1, "decoupled_weight_decay": True},
-             {"maximize": True, "amsgrad": True, "weight_decay": 0.05},
-             {"betas": (0.8, 0.99), "eps": 1e-6}],
-    "adamw": [{}, {"amsgrad": True, "weight_decay": 0.5}, {"maximize": True}],
-}
-QUICK_CONFIGS = 2
 # The optimizers (with their first config) that every schedule runs on.
 SCHEDULE_OPTIMIZERS = ("momentum", "rmsprop", "adam")
 QUICK_SCHEDULE_OPTIMIZERS = SCHEDULE_OPTIMIZERS
@@ -80,58 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # the matrix
 
 
-def _schedules(steps):
-    """(name, fusedsched schedule, factory of the matching torch scheduler or None for
-    LambdaLR(f)). Lengths are chosen so that every phase is crossed within ``steps``."""
-    from torch.optim import lr_scheduler as L
-
-    from fusedsched import schedules as S
-
-    half = max(steps // 2, 2)
-    return [
-        ("constant", S.constant(0.7), None),
-        ("linear", S.linear(0.25, 1.0, half),
-         lambda o: L.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=half)),
-        ("step_decay", S.step_decay(3, gamma=0.5), lambda o: L.StepLR(o, 3, gamma=0.5)),
-        ("multistep", S.multistep([2, 5, 5], gamma=0.5),
-         lambda o: L.MultiStepLR(o, [2, 5, 5], gamma=0.5)),
-        ("exponential", S.exponential(0.9), lambda o: L.ExponentialLR(o, 0.9)),
-        ("polynomial", S.polynomial(total_steps=half, power=2.0),
-         lambda o: L.PolynomialLR(o, total_iters=half, power=2.0)),
-        ("cosine", S.cosine(steps, end_factor=0.1),
-         lambda o: L.CosineAnnealingLR(o, T_max=steps, eta_min=0.1 * LR)),
-        ("cosine_restarts", S.cosine_restarts(2, cycle_mult=2, end_factor=0.05),
-         lambda o: L.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.05 * LR)),
-        ("inverse_sqrt", S.inverse_sqrt(3), None),
-        ("warmup_stable_decay", S.warmup_stable_decay(2, 2, half, decay="cosine",
-                                                      end_factor=0.1), None),
-        ("warmup_cosine", S.warmup(S.cosine(steps), 3), None),
-        ("sequential", S.sequential([S.linear(0.1, 1.0, 2), S.exponential(0.9),
-                                     S.constant(0.5)], milestones=[2, half]), None),
-        ("one_cycle", S.one_cycle(total_steps=steps, three_phase=True),
-         lambda o: L.OneCycleLR(o, max_lr=LR, total_steps=steps, three_phase=True)),
-        ("cyclic_triangular2", S.cyclic(0.2, step_size_up=2, step_size_down=3,
-                                        mode="triangular2"),
-         lambda o: L.CyclicLR(o, base_lr=0.2 * LR, max_lr=LR, step_size_up=2,
-                              step_size_down=3, mode="triangular2",
-                              base_momentum=0.8, max_momentum=0.9)),
-        ("cyclic_exp_range", S.cyclic(0.3, step_size_up=3, mode="exp_range", gamma=0.9,
-                                      cycle_momentum=False),
-         lambda o: L.CyclicLR(o, base_lr=0.3 * LR, max_lr=LR, step_size_up=3,
-                              mode="exp_range", gamma=0.9, cycle_momentum=False)),
-    ]
-
-
 def _cases(quick, steps):
-    """Every (optimizer, config, schedule name, schedule, torch scheduler factory)."""
-    schedules = _schedules(steps)
+    """Every (optimizer, config, schedule name, schedule, torch scheduler factory), from
+    the optimizer database (``optim_db``)."""
+    from .optim_db import OPTIMIZERS, QUICK_CONFIGS, schedules as all_schedules
+
+    schedules = all_schedules(steps, LR)
     default = schedules[10]   # warmup_cosine: crosses a switch and a ramp from 0
     cases = []
-    for name, configs in CONFIGS.items():
-        for config in configs[:QUICK_CONFIGS] if quick else configs:
+    for name, info in OPTIMIZERS.items():
+        for config in info.configs[:QUICK_CONFIGS] if quick else info.configs:
             cases.append((name, config) + default)
     for name in QUICK_SCHEDULE_OPTIMIZERS if quick else SCHEDULE_OPTIMIZERS:
-        config = CONFIGS[name][1] if name == "rmsprop" else CONFIGS[name][0]
+        configs = OPTIMIZERS[name].configs
+        config = configs[1] if name == "rmsprop" else configs[0]
         for schedule in schedules:
             if schedule is not default:
                 cases.append((name, config) + schedule)
@@ -189,24 +136,19 @@ def _error(torch, ours, theirs):
 
 def _run_one(torch, fs, case, backend, dtype, device, steps):
     """The largest error of one run over parameters and every torch state key."""
+    from .optim_db import OPTIMIZERS
+
     name, config, _, schedule, torch_sched = case
-    torch_classes = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
-                     "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-                     "adamw": torch.optim.AdamW}
-    our_classes = {"sgd": fs.SGD, "momentum": fs.Momentum, "rmsprop": fs.RMSprop,
-                   "adam": fs.Adam, "adamw": fs.AdamW}
+    info = OPTIMIZERS[name]
     half = dtype in (torch.float16, torch.bfloat16)
     oracle_dtype = torch.float32 if half else dtype
     params, grads = _inputs(torch, dtype, device, steps)
     ours = [_leaf(torch, p, i == 3) for i, p in enumerate(params)]
     theirs = [_leaf(torch, p.to(oracle_dtype), i == 3) for i, p in enumerate(params)]
-    torch_config = dict(config)
-    if name == "momentum":
-        torch_config.setdefault("momentum", 0.9)
-    t_opt = torch_classes[name](theirs, lr=LR, foreach=False, **torch_config)
+    t_opt = info.torch_cls(theirs, lr=LR, foreach=False, **{**info.torch_defaults, **config})
     scheduler = (torch_sched(t_opt) if torch_sched is not None else
                  torch.optim.lr_scheduler.LambdaLR(t_opt, lambda t: schedule(t)))
-    o_opt = our_classes[name](ours, lr=LR, schedule=schedule, backend=backend, **config)
+    o_opt = info.cls(ours, lr=LR, schedule=schedule, backend=backend, **config)
     for k in range(steps):
         for p, q, g in zip(theirs, ours, grads[k]):
             p.grad = g.to(oracle_dtype)

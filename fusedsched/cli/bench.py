@@ -3,7 +3,7 @@
 For each workload (an optimizer, a dtype and a list of parameter shapes) the providers
 
 * ``roof``: a Numba kernel with the step's exact reads and writes and no math
-  (:mod:`fusedsched._roof`), same thread count as fusedsched;
+  (:mod:`fusedsched.cli.roof`), same thread count as fusedsched;
 * ``loop`` / ``foreach`` / ``fused``: ``torch.optim.<Name>(foreach=False)`` /
   ``(foreach=True)`` / ``(fused=True)`` (fused only where torch has a CPU kernel: Adam, AdamW,
   SGD), each timed as ``opt.step(); sched.step()`` with ``LambdaLR(opt, schedule)``;
@@ -227,7 +227,7 @@ def _torch_dtype(name):
 
 
 def make_schedule():
-    from . import schedules as S
+    from fusedsched import schedules as S
     return S.warmup(S.cosine(total_steps=TOTAL_STEPS), warmup_steps=WARMUP_STEPS)
 
 
@@ -332,7 +332,7 @@ def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_step
 
     import torch
 
-    from ._roof import Roof
+    from .roof import Roof
 
     dtype = _torch_dtype(wl.dtype)
     roof = Roof(wl.shapes, dtype, wl.columns)
@@ -789,7 +789,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        from .kernels.numba._common import setup_threads
+        from fusedsched.kernels.numba._common import setup_threads
         setup_threads()      # numba threads = torch threads, fusedsched's threading layer
     except ImportError:
         import numba

@@ -23,23 +23,23 @@ import sys
 # name -> (module implementing add_arguments/run, one-line help). Add new subcommands here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "fusedsched.demo",
+        "fusedsched.cli.demo",
         "train a small MLP on sklearn's digits with fusedsched.AdamW and torch.optim.AdamW "
         "(warmup + cosine), compare them, and plot both runs",
     ),
     "bench": (
-        "fusedsched.bench",
+        "fusedsched.cli.bench",
         "time fusedsched against torch.optim (for-loop, foreach, fused) and the memory roof, "
         "interleaved; table, JSON, CSV and a GB/s plot",
     ),
     "check": (
-        "fusedsched.check",
+        "fusedsched.cli.check",
         "verify this install: the parity matrix (optimizers x flags x schedules x dtypes, "
         "every available backend) against torch.optim; table of largest errors, exit 1 on "
         "a failure",
     ),
     "aot": (
-        "fusedsched.aot",
+        "fusedsched.cli.aot",
         "compile every Triton kernel variant ahead of time for sm_80/sm_90 (no GPU needed) "
         "and check registers, spills and load widths; exit 1 if a variant spills, takes more "
         "than 64 registers or loads fp32 in less than 128 bits",
@@ -56,7 +56,7 @@ def _command_of(argv: list[str]) -> str:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser. With ``argv``, only the options of the subcommand that it names
     are declared (so only that command's module is imported); without, every command's."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="fusedsched",
