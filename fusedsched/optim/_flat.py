@@ -384,7 +384,8 @@ class _Bank:
 def _alone(p):
     """True when nothing but ``p`` holds its storage (adopting would not break sharing)."""
     try:
-        return _use_count(p.untyped_storage()._cdata) == 1
+        # the storage object made for the call holds one reference
+        return _use_count(p.untyped_storage()._cdata) == 2
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
 
