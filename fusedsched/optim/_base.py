@@ -730,6 +730,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``torch.load(weights_only=True)``) and its position. A host-callable schedule is
         saved as ``{"kind": "callable"}``; loading keeps the receiving group's."""
         state_dict = super().state_dict()
+        if self.flat:
+            _flat.plain(state_dict)
         for group in state_dict["param_groups"]:
             schedule = group["schedule"]
             group["schedule"] = (schedule.to_spec() if isinstance(schedule, S.Schedule)

@@ -13,8 +13,8 @@ What a bank does to its parameters (the user-visible contract is in the README):
 * gradient presence: ``zero_grad(set_to_none=True)`` fills the grad buffer with -0.0 (the
   additive identity: autograd's in-place accumulation ``-0.0 + g`` is ``g`` bit for bit, so
   a fresh grad and an accumulated one are the same as torch's) and marks every parameter
-  *idle*; a post-accumulate-grad hook per parameter clears the mark when autograd
-  accumulates into it. At a step a parameter is *live* (updated and counted, as torch
+  *idle*; a post-accumulate-grad hook per parameter clears the mark (``touched``) when
+  autograd accumulates into it. At a step a parameter is *live* (updated and counted, as torch
   updates a parameter whose grad is not None) when its grad is its view and not idle, or a
   tensor of its own (``p.grad = t``, DDP's bucket views), which is copied into the view
   first and not rebound; a None grad is not live;
@@ -45,6 +45,7 @@ shape at adoption, and float16/bfloat16 parameters that ``master_weights`` or
 ``stochastic_rounding`` lift to float32.
 """
 
+import collections
 import functools
 import operator
 from itertools import chain, compress, repeat
@@ -78,8 +79,85 @@ class _Dead:
 _DEAD = _Dead()
 
 
-def _touch(idle, i, _param):
-    idle[i] = False
+_put = dict.__setitem__
+
+
+class _StateDict(dict):
+    """A parameter's state under ``flat=True``: a dict that marks its optimizer's state
+    changed when a value is set or removed (the banks then check it: an identity pass over
+    every state value at every step would cost more than the step)."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args, changed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changed = changed if changed is not None else [True]
+
+    def __reduce__(self):
+        return (_StateDict, (dict(self),), {"changed": self.changed})
+
+    def __setstate__(self, state):
+        self.changed = state["changed"]
+
+
+class _State(collections.defaultdict):
+    """``opt.state`` under ``flat=True``: torch's ``defaultdict(dict)``, marking itself
+    changed when a parameter's state dict is set, removed or made (``changed[0]``)."""
+
+    def __init__(self, items=()):
+        super().__init__(dict)
+        self.changed = [True]
+        for key, value in dict(items).items():
+            _put(self, key, _own(value, self.changed))
+
+    def __missing__(self, key):
+        value = self[key] = _StateDict(changed=self.changed)
+        return value
+
+    def __reduce__(self):
+        return (_State, (dict(self),))
+
+
+def _mark(name):
+    def method(self, *args, **kwargs):
+        self.changed[0] = True
+        return getattr(dict, name)(self, *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "pop", "popitem", "clear", "update",
+              "setdefault", "__ior__"):
+    setattr(_StateDict, _name, _mark(_name))
+    setattr(_State, _name, _mark(_name))
+
+
+def _own(value, changed):
+    """A parameter's state dict as a ``_StateDict`` of ``changed`` (the same dict if it
+    is one)."""
+    if type(value) is _StateDict and value.changed is changed:
+        return value
+    return _StateDict(value, changed=changed) if isinstance(value, dict) else value
+
+
+def plain(state_dict):
+    """A state_dict's per-parameter states as plain dicts (torch's format: loads with
+    ``weights_only=True``)."""
+    state_dict["state"] = {k: dict(v) if isinstance(v, dict) else v
+                           for k, v in state_dict["state"].items()}
+    return state_dict
+
+
+def watched(opt):
+    """``opt.state`` as a ``_State`` (made from the current one when it is not)."""
+    state = opt.state
+    if type(state) is not _State:
+        state = opt.state = _State(state)
+    return state
+
+
+def _touch(touched, i, _param):
+    touched[i] = True
 
 
 class _Bank:
@@ -104,14 +182,14 @@ class _Bank:
             p.data = v
         self.gbuf = torch.full((o,), -0.0, dtype=dtype, device=device)
         self.gviews = self._views(self.gbuf)
-        self.idle = [True] * n
+        self.touched = [False] * n         # autograd accumulated into the view
         for i, (p, gv) in enumerate(zip(params, self.gviews)):
             if p.grad is not None:
                 gv.copy_(p.grad)
-                self.idle[i] = False
+                self.touched[i] = True
             p.grad = gv
         self.hooks = [p.register_post_accumulate_grad_hook(
-            functools.partial(_touch, self.idle, i)) for i, p in enumerate(params)]
+            functools.partial(_touch, self.touched, i)) for i, p in enumerate(params)]
         self.checked = list(params)         # ptrs checked against self.ptrs
         self.ptrs = list(map(_data_ptr, params))
         self.steps = torch.zeros(n, dtype=torch.float64, device=device)
@@ -125,8 +203,9 @@ class _Bank:
         self.version = self.steps._version
         self.runs = None                    # (mask, keys, lists, copy index pair)
         self.state = None                   # the optimizer's state dict last checked
-        self.bound_dicts, self.values = [], []     # identity record of the bound state
+        self.counts = []                    # state buffers' use counts when checked
         self.unsettled = False              # a state value the bank could not bind
+        self.created = None                 # (mask, keys) whose state is all bound
 
     def _views(self, buf):
         return [buf[o:o + n].view(s) for o, n, s in zip(self.offsets, self.numels, self.shapes)]
@@ -139,13 +218,16 @@ class _Bank:
         """Parameter ``i`` leaves the bank: its state and grad become its own tensors."""
         p = self.params[i]
         self.hooks[i].remove()
-        if p.grad is self.gviews[i]:
-            p.grad = self.gviews[i].clone()
+        g = p.grad
+        if g is self.gviews[i] and g.shape == p.shape and g.dtype == p.dtype:
+            p.grad = g.clone()
+        # else torch refuses the assignment: the view stays (a dead segment), and the
+        # step raises for its shape or dtype as flat=False does
         s = self.dicts[i]
         if s is not None and opt.state.get(p) is s:
             for key, value in list(s.items()):
                 if isinstance(value, torch.Tensor) and self._is_mine(value):
-                    s[key] = value.clone()
+                    _put(s, key, value.clone())
         self.params[i] = _DEAD
         self.checked[i] = self.views[i]
         self.ptrs[i] = self.views[i].data_ptr()
@@ -194,14 +276,14 @@ class _Bank:
         foreign grad that does not fit raises the per-tensor path's error."""
         params = self.params
         grads = list(map(_grad, params))
+        if all(map(operator.is_, grads, self.gviews)):
+            return self.touched[:], ()
         mine = list(map(operator.is_, grads, self.gviews))
-        idle = self.idle
-        if all(mine):
-            return list(map(operator.not_, idle)), ()
+        touched = self.touched
         mask, foreign = [], []
         for i, (g, own) in enumerate(zip(grads, mine)):
             if own:
-                mask.append(not idle[i])
+                mask.append(touched[i])
             elif g is None:
                 mask.append(False)
             else:
@@ -215,22 +297,26 @@ class _Bank:
                 foreign.append((i, g))
         return mask, foreign
 
-    def check_state(self, opt, state, same_dicts, mask, lifted):
+    def check_state(self, opt, state, mask, lifted):
         """The state of every bank parameter is bound to the bank's views: what was
         replaced by hand is copied in and bound again; what does not fit a live parameter
-        raises (``_check_state``'s errors), before any write. ``same_dicts``: the
-        optimizer's state holds the same dicts as at the last step (identity passes)."""
+        raises (``_check_state``'s errors), before any write. Checked in full when the
+        optimizer's state marked itself changed (``_State``) or a state buffer's use count
+        moved (``state[p][key].data = ...``)."""
         from ._base import _check_state
         if self.steps._version != self.version:
             self.derive = True      # a count edited by hand
-        if (same_dicts and state is self.state and not self.unsettled
-                and self._same_values()):
+        if (not state.changed[0] and state is self.state and not self.unsettled
+                and self._counts() == self.counts):
             return
         if state is not self.state:
             self.derive = True
         self.unsettled = False
         for i, p in self.members():
             s = state.get(p)
+            if s is not None and type(s) is not _StateDict:
+                s = _own(s, state.changed)
+                _put(state, p, s)
             if s is not self.dicts[i]:
                 self._unbind(i)
             if s is None:
@@ -239,16 +325,18 @@ class _Bank:
                 _check_state(p, s, lifted)
             self._rebind(i, s)
         self.state = state
+        self.runs = None
         self.record()
 
-    def _same_values(self):
-        values = list(chain.from_iterable(map(dict.values, self.bound_dicts)))
-        return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
+    def _counts(self):
+        """The use counts of the state buffers' storages (a view rebound with
+        ``.data = ...`` releases its reference)."""
+        return [_use_count(b.untyped_storage()._cdata) for b in self.bufs.values()]
 
     def record(self):
-        """Remember the bound dicts and their values (identities)."""
-        self.bound_dicts = [d for d in self.dicts if d is not None]
-        self.values = list(chain.from_iterable(map(dict.values, self.bound_dicts)))
+        """Remember the state buffers' use counts (``check_state``)."""
+        self.created = None
+        self.counts = self._counts()
 
     def _unbind(self, i):
         self.dicts[i] = None
@@ -257,18 +345,20 @@ class _Bank:
 
     def _rebind(self, i, s):
         """Bind the views of parameter ``i`` into its state dict ``s`` (copying in what
-        the dict holds that is not a view yet)."""
+        the dict holds that is not a view yet, or a view rebound with ``.data = ...``)."""
         step = s.get("step")
-        if step is not self.step_views[i] and step is not None:
+        if step is not None and not self._at(step, self.steps, i, 1, self.step_views, i,
+                                             ()):
             value = torch.as_tensor(step).to(self.device, torch.float64).reshape(())
             self.step_views[i].copy_(value)
-            s["step"] = self.step_views[i]
+            _put(s, "step", self.step_views[i])
             self.derive = True
         for key, value in list(s.items()):
             if key == "step" or not isinstance(value, torch.Tensor):
                 continue
             views = self.state_views.get(key)
-            if views is not None and value is views[i]:
+            if views is not None and self._at(value, self.bufs[key], self.offsets[i],
+                                              self.numels[i], views, i, self.shapes[i]):
                 continue
             if (type(value) is not torch.Tensor or value.shape != self.shapes[i]
                     or value.dtype != self.dtype or value.device != self.device):
@@ -279,9 +369,20 @@ class _Bank:
             if self._is_mine(value):
                 value = value.clone()
             views[i].copy_(value)
-            s[key] = views[i]
+            _put(s, key, views[i])
             self.bound[key][i] = True
         self.dicts[i] = s
+
+    @staticmethod
+    def _at(value, buf, offset, numel, views, i, shape):
+        """``value`` is the bank's view ``views[i]`` and still views its segment of
+        ``buf``; a view rebound with ``.data = ...`` is replaced by a new one."""
+        if value is not views[i]:
+            return False
+        if value.data_ptr() == buf.data_ptr() + offset * buf.element_size():
+            return True
+        views[i] = buf[offset:offset + numel].view(shape)
+        return False
 
     def _buffer(self, key):
         views = self.state_views.get(key)
@@ -296,6 +397,8 @@ class _Bank:
     # -- state creation -----------------------------------------------------------------
     def create_state(self, opt, state, mask, keys):
         """Missing state of the live parameters, as views (zeros; a count of 0)."""
+        if self.created == (mask, keys):
+            return False
         restart = opt._count_restarted_by
         fresh = None
         for key in keys:
@@ -306,12 +409,15 @@ class _Bank:
             p = self.params[i]
             s = self.dicts[i]
             if s is None:
-                s = state[p]
+                s = state.get(p)
+                if s is None:
+                    s = _StateDict(changed=state.changed)
+                    _put(state, p, s)
                 self._rebind(i, s)
                 changed = True
             if "step" not in s:
                 self.step_views[i].zero_()
-                s["step"] = self.step_views[i]
+                _put(s, "step", self.step_views[i])
                 fresh = fresh if fresh is not None else object()
                 self.labels[i] = fresh
                 changed = True
@@ -319,7 +425,7 @@ class _Bank:
                 if key is not None and key not in s:
                     view = self.state_views[key][i]
                     view.zero_()
-                    s[key] = view
+                    _put(s, key, view)
                     self.bound[key][i] = True
                     changed = True
                     if key in restart:
@@ -330,6 +436,7 @@ class _Bank:
             self.runs = None
             self.record()
         self.version = self.steps._version
+        self.created = (mask, list(keys))
         return changed
 
     # -- runs ---------------------------------------------------------------------------
@@ -337,7 +444,7 @@ class _Bank:
         """The kernel lists of this step: ([runs], [state runs per key], [head steps]),
         and the (members, heads) index pair for the count copy (None: none)."""
         runs = self.runs
-        if runs is not None and runs[1] == keys and runs[0] == mask:
+        if runs is not None and not self.derive and runs[1] == keys and runs[0] == mask:
             return runs[2], runs[3]
         if self.derive:
             self.labels = self.steps.tolist()
@@ -443,7 +550,11 @@ class FlatGroup:
                     p.grad = bank.gviews[i]
                 elif grads[i] is not None:
                     _zero(grads[i])
-            bank.idle[:] = repeat(set_to_none, len(mine))
+            if set_to_none:
+                bank.touched[:] = repeat(False, len(mine))
+            else:   # an idle view is torch's None grad: it stays one, holding -0.0
+                for i in compress(range(len(mine)), map(operator.not_, bank.touched)):
+                    bank.gviews[i].fill_(-0.0)
         for p in self.rest:
             if p.grad is not None:
                 if set_to_none:
@@ -487,6 +598,7 @@ def groups(opt):
 def zero_grad(opt, set_to_none):
     """``zero_grad`` of a flat optimizer (``FusedOptimizer.zero_grad``)."""
     with torch.no_grad():
+        settle(opt)     # a parameter rebound since the last step: re-adopted or out
         for fg in groups(opt):
             fg.zero_grad(set_to_none)
 
@@ -527,7 +639,7 @@ def traced_live(opt, group):
             continue
         if where is not None:
             bank, i = where
-            if bank.idle[i] and g is bank.gviews[i]:
+            if not bank.touched[i] and g is bank.gviews[i]:
                 continue
         out.append(p)
     if fg is not None and fg.banks:
@@ -551,13 +663,9 @@ def prepare(opt, plans, keys_of, dropped=None):
     """Check the grads and state of every bank (before any write of the step) and return
     per plan a ``_Step`` (None for a group without banks). Then the missing state is
     created and foreign grads are copied into their views."""
-    state = opt.state
+    state = watched(opt)
     lifted = _aids.lifted_dtypes(opt)
     traced = opt._results.pop("flat_traced", False)
-    snap = opt.__dict__.get("_flat_snapshot")
-    same = (snap is not None and snap[0] is state and len(state) == len(snap[1])
-            and all(map(operator.is_, state, snap[1]))
-            and all(map(operator.is_, state.values(), snap[2])))
     out = []
     for plan in plans:
         fg = flat_group(opt, plan.group)
@@ -570,13 +678,13 @@ def prepare(opt, plans, keys_of, dropped=None):
                 bank.derive = True
                 bank.runs = None
             mask, foreign = bank.scan_grads(opt)
-            bank.check_state(opt, state, same, mask, lifted)
+            bank.check_state(opt, state, mask, lifted)
             if True in mask:
                 step.devices.add(bank.device)
                 step.live.append((bank, mask, foreign))
         out.append(step)
     # every check passed: state creation, foreign grads copied into the views
-    created = False
+    state.changed[0] = False
     for step, plan in zip(out, plans):
         if step is None:
             continue
@@ -585,14 +693,12 @@ def prepare(opt, plans, keys_of, dropped=None):
             if dropped:     # AMP: a skipped first update must not leave this key
                 step.fresh += [bank.params[i] for i in compress(range(len(mask)), mask)
                                if bank.dicts[i] is None or dropped not in bank.dicts[i]]
-            created |= bank.create_state(opt, state, mask, keys)
+            bank.create_state(opt, state, mask, keys)
             for i, g in foreign:
                 bank.gviews[i].copy_(g)
             lists, copy = bank.lists(mask, keys)
             step.lists.append(lists)
             step.finish.append((bank, copy, foreign))
-    if created or not same:
-        opt._flat_snapshot = (state, list(state), list(state.values()))
     return out
 
 
@@ -625,7 +731,7 @@ def live_grads(opt, group, plan_params):
             continue
         bank, i = where
         g = p.grad
-        if g is None or (g is bank.gviews[i] and bank.idle[i]):
+        if g is None or (g is bank.gviews[i] and not bank.touched[i]):
             continue
         out.append(g)
     return out
