@@ -403,13 +403,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         # decide when the traced step is valid). The eager step is never traced: after a
         # graph break that dynamo cannot resume (one inside torch's step wrapper), it would
         # otherwise compile the eager step's functions frame by frame, pointers and all.
-        if torch.compiler.is_compiling() and not self._has_complex():
+        if torch.compiler.is_compiling() and not self._has_complex() and not self.flat:
             return self._run_step(closure, True)
         if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
             return self._run_step(closure, True)
         # Complex parameters: Inductor cannot functionalize an in-place operator on their
         # view_as_real views (auto_functionalized_v2 stays in the graph), so a traced step
-        # breaks the graph here and steps eagerly.
+        # breaks the graph here and steps eagerly. So does flat storage: Inductor's
+        # reinplacing fails on the many aliasing views of one buffer ("graph node count
+        # mismatch"), and the eager step walks the buffers in one call anyway.
         return self._eager_step(closure)
 
     def _has_complex(self):
