@@ -450,7 +450,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             banks = _flat.prepare(self, plans, self._state_keys,
                                   dropped if found_inf is not None else None)
             fresh += [p for step in banks if step is not None for p in step.fresh]
-        calls = [self._calls(plan) if plan.direct else None for plan in plans]
+        calls = [self._calls(plan) if plan.direct and (plan.params or not flat) else None
+                 for plan in plans]
         for plan, prepared, step in zip(plans, calls, banks):
             if step is not None and step.lists:
                 # the banks first: the per-tensor launch advances the position
@@ -481,7 +482,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameters of one group must be on one device, got {a} and {b}")
         device = next(iter(step.devices))
         alone = not plan.params
-        backend = plan.backend if not alone else self._backend_for(device, [], [])
+        backend = plan.backend if not alone else _flat.backend(self, device)
         calls = _flat.Lists(step.lists)
         self._launch(plan._replace(device=device, backend=backend), grad_scale, found_inf,
                      calls, advance=alone)
@@ -542,7 +543,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             memo.remember(group, key)
         params = _flat.rest(self, group) if self.flat else group["params"]
         grads = list(map(_grad, params))
-        ptrs = memo.holds(params, grads)
+        # flat storage: a group all in banks has nothing to scan once scanned empty
+        ptrs = (memo.holds(params, grads) if params or getattr(memo, "params", None) != []
+                else ([], [], []))
         if ptrs is None:
             self._scan(memo, group, params, grads)
         lr, schedule = self._scheduled_lr(group)

@@ -192,6 +192,7 @@ class _Bank:
             functools.partial(_touch, self.touched, i)) for i, p in enumerate(params)]
         self.checked = list(params)         # ptrs checked against self.ptrs
         self.ptrs = list(map(_data_ptr, params))
+        self.index = list(range(n))
         self.steps = torch.zeros(n, dtype=torch.float64, device=device)
         self.step_views = list(self.steps.unbind())
         self.bufs = {}                      # state key -> buffer
@@ -255,7 +256,7 @@ class _Bank:
         """``p.data = ...`` since the last step: re-adopt or evict (before any write of
         the step: re-adoption writes only the parameter's own segment). True when a
         parameter left (the group's per-tensor list changes)."""
-        if _ptrs_equal(self.checked, self.ptrs, list(range(len(self.ptrs)))):
+        if _ptrs_equal(self.checked, self.ptrs, self.index):
             return False
         left = False
         for i, p in self.members():
@@ -479,6 +480,7 @@ class _Bank:
                     torch.tensor(heads, device=self.device))
         lists = (ps, states, steps) if ps else None
         self.runs = (list(mask), list(keys), lists, copy)
+        self.counts = self._counts()        # the runs' views hold the buffers too
         return lists, copy
 
     def finish(self, copy):
@@ -645,6 +647,16 @@ def traced_live(opt, group):
     if fg is not None and fg.banks:
         opt._results["flat_traced"] = True
     return out
+
+
+def backend(opt, device):
+    """The backend of a bank's device (``_backend_for``, cached per backend name)."""
+    cache = opt.__dict__.setdefault("_flat_backends", {})
+    key = (opt.backend, device)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = opt._backend_for(device, [], [])
+    return found
 
 
 def settle(opt):
