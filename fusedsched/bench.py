@@ -200,7 +200,7 @@ def make_workloads(quick: bool) -> list[Workload]:
     return w
 
 
-HOST_MANY, HOST_ONE = "adam float32 host 1000x16", "adam float32 host 1x16k"
+HOST_MANY, HOST_ONE = "adam float32 flat-cost 1000x16", "adam float32 flat-cost 1x16k"
 
 
 def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
