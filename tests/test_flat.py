@@ -109,6 +109,10 @@ def _plain_step(m, o, k):
     o.step()
 
 
+def _holds(tensors, t):
+    return any(x is t for x in tensors)
+
+
 def _banks(opt):
     return [b for fg in opt._flat_groups.values() for b in fg.banks]
 
@@ -281,7 +285,7 @@ def test_p_data_rebound_other_dtype_and_shape():
             p.grad = torch.full_like(p, 0.5 + k)
         o.step()
     _both(ma, oa, mb, ob, fn, steps=3)
-    assert ma[0].bias in _flat.flat_group(oa, oa.param_groups[0]).rest
+    assert _holds(_flat.flat_group(oa, oa.param_groups[0]).rest, ma[0].bias)
 
 
 @pytest.mark.parametrize("how", ["value", "dict", "del", "clear", "data", "step"])
@@ -509,3 +513,145 @@ def test_deepcopy_steps_like_the_original():
     _both(ma, oa, mb, ob, _plain_step, steps=2)
     clone = copy.deepcopy({"m": ma, "o": oa})
     _both(clone["m"], clone["o"], mb, ob, _plain_step, steps=2)
+
+
+# ------------------------------------------------------------- every backend, more cases
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_presence_rebinding_and_state_on_every_backend(backend):
+    """Grads left None, assigned by hand, accumulated; a parameter rebound; a state value
+    replaced: on each backend (Triton interpreted on CPU here)."""
+    ma, oa, mb, ob = _twins("adam", backend)
+
+    def fn(m, o, k):
+        o.zero_grad(set_to_none=True)
+        if k == 1:
+            m[0](_batch(k)).pow(2).mean().backward()
+        elif k == 2:
+            for p in m[2].parameters():
+                p.grad = torch.full_like(p, 0.125)
+        else:
+            _loss(m, k).backward()
+            _loss(m, k + 50).backward()
+        if k == 3:
+            m[4].weight.data = torch.full_like(m[4].weight, 0.5)
+            o.state[m[0].weight]["exp_avg"] = torch.full_like(m[0].weight, 0.01)
+        o.step()
+    _both(ma, oa, mb, ob, fn, steps=5)
+
+
+def test_frozen_and_non_contiguous_parameters_stay_out():
+    def make(flat):
+        torch.manual_seed(0)
+        frozen = torch.nn.Parameter(torch.randn(4), requires_grad=False)
+        strided = torch.nn.Parameter(torch.randn(5, 3).t())
+        plain = torch.nn.Parameter(torch.randn(6))
+        params = [frozen, strided, plain]
+        return params, fs.Adam(params, lr=0.1, flat=flat)
+    pa, oa = make(True)
+    pb, ob = make(False)
+    (bank,) = _banks(oa)
+    assert bank.params == [pa[2]] and not pa[1].is_contiguous()
+    for k in range(3):
+        for ps, o in ((pa, oa), (pb, ob)):
+            o.zero_grad(set_to_none=True)
+            for p in ps[1:]:
+                p.grad = torch.full_like(p, 0.3 * (k + 1))
+            o.step()
+        for x, y in zip(pa, pb):
+            _same(x, y)
+
+
+def test_module_cast_after_construction():
+    """``model.double()`` before the first step rebinds every p.data (and grad.data): the
+    parameters leave the float32 bank and step per tensor, as flat=False steps them."""
+    ma, oa, mb, ob = _twins("adam")
+    for m in (ma, mb):
+        m.double()
+    _both(ma, oa, mb, ob, _plain_step, steps=3)
+    assert not any(b.members() for b in _banks(oa))
+
+
+def test_grad_data_rebound():
+    ma, oa, mb, ob = _twins("rmsprop")
+    _both(ma, oa, mb, ob, _plain_step, steps=1)
+
+    def fn(m, o, k):
+        _loss(m, k).backward()          # accumulate into the grads of the last step
+        m[0].weight.grad.data = torch.full_like(m[0].weight, 0.5 * (k + 1))
+        o.step()
+    _both(ma, oa, mb, ob, fn, steps=3)
+
+
+def test_rebound_tensor_held_elsewhere_is_stepped_in_place():
+    """p.data = t while the caller keeps t: re-adopting would break the sharing, so the
+    parameter leaves the bank and t is updated in place, as flat=False updates it; a
+    tensor nothing else holds is copied into the bank instead."""
+    ma, oa, mb, ob = _twins("sgd")
+    _both(ma, oa, mb, ob, _plain_step, steps=1)
+    ta, tb = torch.full_like(ma[0].bias, 2.0), torch.full_like(mb[0].bias, 2.0)
+    ma[0].bias.data, mb[0].bias.data = ta, tb
+    ma[2].bias.data = torch.full_like(ma[2].bias, 3.0)
+    mb[2].bias.data = torch.full_like(mb[2].bias, 3.0)
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+    _same(ta, tb)
+    assert ma[0].bias.data_ptr() == ta.data_ptr() and not torch.equal(ta, torch.full_like(ta, 2))
+    rest = _flat.flat_group(oa, oa.param_groups[0]).rest
+    assert _holds(rest, ma[0].bias) and not _holds(rest, ma[2].bias)
+
+
+def test_errors_are_those_of_flat_false_and_nothing_changes():
+    ma, oa, mb, ob = _twins("adam")
+    _both(ma, oa, mb, ob, _plain_step, steps=1)
+    messages = []
+    for m, o in ((ma, oa), (mb, ob)):
+        before = [p.detach().clone() for p in m.parameters()]
+        _loss(m, 5).backward()
+        w = m[2].weight
+        w.grad = torch.sparse_coo_tensor(torch.zeros(2, 1, dtype=torch.long),
+                                         torch.ones(1), w.shape, check_invariants=True)
+        with pytest.raises(fs.optim._base.SparseGradientError) as e:
+            o.step()
+        messages.append(str(e.value))
+        for p, b in zip(m.parameters(), before):
+            _same(p, b)
+        w.grad = None
+    assert messages[0] == messages[1]
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+
+
+def test_sgd_momentum_first_update_skipped_by_amp():
+    """A GradScaler-skipped first update leaves no momentum buffer (and no count)."""
+    ma, oa, mb, ob = _twins("momentum")
+    for m, o in ((ma, oa), (mb, ob)):
+        o.zero_grad(set_to_none=True)
+        _loss(m, 0).backward()
+        o.grad_scale = torch.tensor(1.0)
+        o.found_inf = torch.tensor(1.0)
+        o.step()
+        del o.grad_scale, o.found_inf
+    _assert_twins(ma, oa, mb, ob)
+    assert all("momentum_buffer" not in s for s in ob.state.values())
+    _both(ma, oa, mb, ob, _plain_step, steps=3)
+
+
+def test_many_runs_when_counts_differ():
+    """Parameters live in different steps get different counts: the bank steps them as
+    several runs (one row each), and the counts stay each parameter's own."""
+    torch.manual_seed(0)
+    n = 12
+    pa = [torch.nn.Parameter(torch.randn(5)) for _ in range(n)]
+    pb = [torch.nn.Parameter(p.detach().clone()) for p in pa]
+    oa, ob = fs.Adam(pa, lr=0.1, flat=True), fs.Adam(pb, lr=0.1)
+    for k in range(8):
+        for ps, o in ((pa, oa), (pb, ob)):
+            o.zero_grad(set_to_none=True)
+            for j, p in enumerate(ps):
+                if (j * 7 + k) % (k % 3 + 2):
+                    p.grad = torch.full_like(p, 0.1 * (j - k))
+            o.step()
+        for x, y in zip(pa, pb):
+            _same(x, y)
+        for x, y in zip(pa, pb):
+            _same(oa.state[x]["step"], ob.state[y]["step"]) if y in ob.state else None
+    (bank,) = _banks(oa)
+    assert len(bank.runs[2][0]) > 1

@@ -40,7 +40,7 @@ whose pointers are checked at every step.
 Kept out of banks (stepped per tensor, as ``flat=False``): parameters that share storage
 with another tensor (two views of one base, a parameter whose storage something else also
 holds: adopting would break the sharing), non-contiguous, empty, complex, DTensor or other
-subclass parameters, a grad that is not a plain dense tensor of the parameter's dtype and
+subclass parameters, parameters that do not require grad (no hook can be registered), a grad that is not a plain dense tensor of the parameter's dtype and
 shape at adoption, and float16/bfloat16 parameters that ``master_weights`` or
 ``stochastic_rounding`` lift to float32.
 """
@@ -188,6 +188,7 @@ class _Bank:
                 gv.copy_(p.grad)
                 self.touched[i] = True
             p.grad = gv
+        self.gcount = _use_count(self.gbuf.untyped_storage()._cdata)
         self.hooks = [p.register_post_accumulate_grad_hook(
             functools.partial(_touch, self.touched, i)) for i, p in enumerate(params)]
         self.checked = list(params)         # ptrs checked against self.ptrs
@@ -276,6 +277,8 @@ class _Bank:
         """(live mask, [(i, foreign grad)]): which parameters this step updates. A
         foreign grad that does not fit raises the per-tensor path's error."""
         params = self.params
+        if _use_count(self.gbuf.untyped_storage()._cdata) != self.gcount:
+            self._check_grad_views()
         grads = list(map(_grad, params))
         if all(map(operator.is_, grads, self.gviews)):
             return self.touched[:], ()
@@ -297,6 +300,16 @@ class _Bank:
                 mask.append(True)
                 foreign.append((i, g))
         return mask, foreign
+
+    def _check_grad_views(self):
+        """A grad view rebound with ``.data = ...`` (``module.to(...)`` does it) releases
+        the grad buffer: such a grad is foreign from now on, and the bank makes a new view
+        of the segment."""
+        base, size = self.gbuf.data_ptr(), self.gbuf.element_size()
+        for i, (gv, o) in enumerate(zip(self.gviews, self.offsets)):
+            if gv.data_ptr() != base + o * size:
+                self.gviews[i] = self.gbuf[o:o + self.numels[i]].view(self.shapes[i])
+        self.gcount = _use_count(self.gbuf.untyped_storage()._cdata)
 
     def check_state(self, opt, state, mask, lifted):
         """The state of every bank parameter is bound to the bank's views: what was
@@ -481,6 +494,7 @@ class _Bank:
         lists = (ps, states, steps) if ps else None
         self.runs = (list(mask), list(keys), lists, copy)
         self.counts = self._counts()        # the runs' views hold the buffers too
+        self.gcount = _use_count(self.gbuf.untyped_storage()._cdata)
         return lists, copy
 
     def finish(self, copy):
@@ -516,6 +530,7 @@ class FlatGroup:
             storages[key] = storages.get(key, 0) + 1
         for p in params:
             if (type(p) not in _PLAIN or p.dtype not in _REAL or p.dtype in lifted
+                    or not p.requires_grad
                     or p.numel() == 0 or not p.is_contiguous() or p.is_sparse
                     or p.device.type == "meta" or id(p) in seen
                     or storages.get(p.untyped_storage().data_ptr()) != 1 or not _alone(p)
