@@ -655,3 +655,29 @@ def test_many_runs_when_counts_differ():
             _same(oa.state[x]["step"], ob.state[y]["step"]) if y in ob.state else None
     (bank,) = _banks(oa)
     assert len(bank.runs[2][0]) > 1
+
+
+def test_a_new_optimizer_adopts_the_parameters_of_one_that_is_gone():
+    ma, oa, mb, ob = _twins("adam")
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+    sd_a, sd_b = copy.deepcopy(oa.state_dict()), copy.deepcopy(ob.state_dict())
+    del oa
+    import gc
+    gc.collect()
+    oa = fs.Adam(ma.parameters(), lr=1e-2, amsgrad=True, weight_decay=1e-2, flat=True,
+                 schedule=S.warmup(S.cosine(total_steps=30, end_factor=0.1), warmup_steps=3))
+    oa.load_state_dict(sd_a)
+    ob.load_state_dict(sd_b)
+    assert len(_banks(oa)[0].members()) == len(list(ma.parameters()))
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+
+
+def test_overlapping_views_stay_out():
+    base = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    a, b = torch.nn.Parameter(base[0:6]), torch.nn.Parameter(base[4:10])
+    del base
+    opt = fs.SGD([a, b], lr=0.1, flat=True)
+    assert not _banks(opt)
+    a.grad, b.grad = torch.ones(6), torch.ones(6)
+    opt.step()
+    assert a.data_ptr() + 4 * 4 == b.data_ptr() and a[4] == b[0]

@@ -48,6 +48,7 @@ shape at adoption, and float16/bfloat16 parameters that ``master_weights`` or
 import collections
 import functools
 import operator
+import weakref
 from itertools import chain, compress, repeat
 
 import torch
@@ -191,6 +192,8 @@ class _Bank:
         self.gcount = _use_count(self.gbuf.untyped_storage()._cdata)
         self.hooks = [p.register_post_accumulate_grad_hook(
             functools.partial(_touch, self.touched, i)) for i, p in enumerate(params)]
+        # a bank that is gone leaves no hooks behind (optimizers made again and again)
+        weakref.finalize(self, _remove, list(self.hooks))
         self.checked = list(params)         # ptrs checked against self.ptrs
         self.ptrs = list(map(_data_ptr, params))
         self.index = list(range(n))
@@ -513,35 +516,54 @@ def _alone(p):
         return False
 
 
+def _unshared(params):
+    """The ids of the parameters that adoption would not break a sharing of: a storage
+    held by these parameters only (no base tensor, no other view, no other optimizer's
+    bank), their elements disjoint. Parameters of a bank whose optimizer is gone share
+    its buffer that way, and are adopted again."""
+    by_storage = {}
+    for p in params:
+        by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    out = set()
+    for ps in by_storage.values():
+        try:
+            holders = _use_count(ps[0].untyped_storage()._cdata) - 1    # the call's own
+        except (RuntimeError, NotImplementedError, AttributeError):
+            continue
+        if holders != len(ps) or len({id(p) for p in ps}) != len(ps):
+            continue
+        spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size())
+                       for p in ps)
+        if all(a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+            out.update(map(id, ps))
+    return out
+
+
+def _remove(handles):
+    for handle in handles:
+        handle.remove()
+
+
 class FlatGroup:
     """The banks of one parameter group and its parameters stepped per tensor."""
 
     def __init__(self, opt, group):
         self.group = group
         lifted = _aids.lifted_dtypes(opt)
-        by_key, seen = {}, {}
         params = group["params"]
-        storages = {}
-        for p in params:
-            try:
-                key = p.untyped_storage().data_ptr()
-            except (RuntimeError, NotImplementedError):
-                continue
-            storages[key] = storages.get(key, 0) + 1
-        for p in params:
-            if (type(p) not in _PLAIN or p.dtype not in _REAL or p.dtype in lifted
-                    or not p.requires_grad
-                    or p.numel() == 0 or not p.is_contiguous() or p.is_sparse
-                    or p.device.type == "meta" or id(p) in seen
-                    or storages.get(p.untyped_storage().data_ptr()) != 1 or not _alone(p)
-                    or not (p.grad is None or (type(p.grad) is torch.Tensor
-                                               and not p.grad.is_sparse
-                                               and p.grad.dtype == p.dtype
-                                               and p.grad.shape == p.shape
-                                               and p.grad.device == p.device))):
-                continue
-            seen[id(p)] = True
-            by_key.setdefault((p.device, p.dtype), []).append(p)
+        fits = [p for p in params
+                if type(p) in _PLAIN and p.dtype in _REAL and p.dtype not in lifted
+                and p.requires_grad and p.numel() > 0 and p.is_contiguous()
+                and not p.is_sparse and p.device.type != "meta"
+                and (p.grad is None or (type(p.grad) is torch.Tensor and not p.grad.is_sparse
+                                        and p.grad.dtype == p.dtype
+                                        and p.grad.shape == p.shape
+                                        and p.grad.device == p.device))]
+        unshared = _unshared(fits)
+        by_key = {}
+        for p in fits:
+            if id(p) in unshared:
+                by_key.setdefault((p.device, p.dtype), []).append(p)
         with torch.no_grad():
             self.banks = [_Bank(ps, device, dtype) for (device, dtype), ps in by_key.items()]
         self.rest_of(params)
