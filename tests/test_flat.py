@@ -681,3 +681,25 @@ def test_overlapping_views_stay_out():
     a.grad, b.grad = torch.ones(6), torch.ones(6)
     opt.step()
     assert a.data_ptr() + 4 * 4 == b.data_ptr() and a[4] == b[0]
+
+
+def test_tied_weights_in_two_modules():
+    """One tensor used by two modules (weight tying): one parameter of the group, in the
+    bank; both uses accumulate into its grad view."""
+    def make(flat):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(11, 6)
+        head = torch.nn.Linear(6, 11, bias=False)
+        head.weight = emb.weight
+        model = torch.nn.ModuleDict({"emb": emb, "head": head})
+        return model, fs.AdamW(model.parameters(), lr=1e-2, flat=flat)
+    ma, oa = make(True)
+    mb, ob = make(False)
+    assert len(list(ma.parameters())) == 1 and len(_banks(oa)[0].members()) == 1
+
+    def fn(m, o, k):
+        o.zero_grad(set_to_none=True)
+        ids = torch.arange(k, k + 5) % 11
+        m["head"](m["emb"](ids)).logsumexp(-1).mean().backward()
+        o.step()
+    _both(ma, oa, mb, ob, fn, steps=4)
