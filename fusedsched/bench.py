@@ -933,8 +933,9 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_compile
             bench_compile.print_rows(console, compiled)
         if flat_host:
-            console.print(f"flat=True host cost: step() on 1000 x 16 {flat_host['many_ms']:.3g} "
-                          f"ms, on 1 x 16k {flat_host['one_ms']:.3g} ms: "
+            console.print(f"flat=True host cost: step() on 1000 x 16 "
+                          f"{flat_host['many_ms']:.3g} ms, on 1 x 16k "
+                          f"{flat_host['one_ms']:.3g} ms: "
                           f"{flat_host['ratio']:.2f}x (target <= 4x; same run)")
         console.print(f"{machine['cpu']}, {machine['torch_threads']} torch / "
                       f"{machine['numba_threads']} numba threads "

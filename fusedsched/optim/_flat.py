@@ -37,12 +37,13 @@ per-tensor path, as ``flat=False`` steps it; a state dict or state value replace
 into the bank and the view bound again. Kernels write only into the buffers a bank holds,
 whose pointers are checked at every step.
 
-Kept out of banks (stepped per tensor, as ``flat=False``): parameters that share storage
-with another tensor (two views of one base, a parameter whose storage something else also
-holds: adopting would break the sharing), non-contiguous, empty, complex, DTensor or other
-subclass parameters, parameters that do not require grad (no hook can be registered), a grad that is not a plain dense tensor of the parameter's dtype and
-shape at adoption, and float16/bfloat16 parameters that ``master_weights`` or
-``stochastic_rounding`` lift to float32.
+Kept out of banks (stepped per tensor, as ``flat=False``): parameters whose storage is
+held by anything but the group's parameters (a base tensor, another view, another live
+optimizer's bank) or whose elements overlap another's (adopting would break the
+sharing), non-contiguous, empty, complex, DTensor or other subclass parameters,
+parameters that do not require grad (no hook can be registered), a grad that is not a
+plain dense tensor of the parameter's dtype and shape at adoption, and float16/bfloat16
+parameters that ``master_weights`` or ``stochastic_rounding`` lift to float32.
 """
 
 import collections
