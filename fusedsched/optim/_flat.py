@@ -57,6 +57,7 @@ import torch
 from . import _aids
 
 ALIGN = 16          # elements: segment starts (16-byte aligned for every dtype)
+_SLICES = 4         # runs whose counts are copied by slices (more: two index ops)
 
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -283,9 +284,9 @@ class _Bank:
         params = self.params
         if _use_count(self.gbuf.untyped_storage()._cdata) != self.gcount:
             self._check_grad_views()
-        grads = list(map(_grad, params))
-        if all(map(operator.is_, grads, self.gviews)):
+        if all(map(operator.is_, map(_grad, params), self.gviews)):
             return self.touched[:], ()
+        grads = list(map(_grad, params))
         mine = list(map(operator.is_, grads, self.gviews))
         touched = self.touched
         mask, foreign = [], []
@@ -492,7 +493,11 @@ class _Bank:
             members += range(first + 1, last + 1)
             heads += [first] * (last - first)
         copy = None
-        if members:
+        shared = [(first, last) for first, last in spans if last > first]
+        if len(shared) <= _SLICES:      # a slice copy per run: no index tensors
+            copy = [(self.steps[first + 1:last + 1], self.step_views[first])
+                    for first, last in shared] or None
+        else:
             copy = (torch.tensor(members, device=self.device),
                     torch.tensor(heads, device=self.device))
         lists = (ps, states, steps) if ps else None
@@ -503,7 +508,10 @@ class _Bank:
 
     def finish(self, copy):
         """After the kernel: the members of each run get their head's count."""
-        if copy is not None:
+        if type(copy) is list:
+            for members, head in copy:
+                members.copy_(head)
+        elif copy is not None:
             self.steps.index_copy_(0, copy[0], self.steps.index_select(0, copy[1]))
         self.version = self.steps._version
 
