@@ -41,17 +41,17 @@ def _loss(model, x):
     return model(x).pow(2).mean()
 
 
-def _make_opt(name, params, backend="auto"):
+def _make_opt(name, params, backend="auto", flat=False):
     import fusedsched as fs
     from fusedsched import schedules as S
     if name == "adam":
         return fs.Adam(params, lr=0.02, weight_decay=0.01, schedule=S.warmup(S.cosine(8), 2),
-                       backend=backend)
+                       backend=backend, flat=flat)
     if name == "sgd":
         return fs.SGD(params, lr=0.05, momentum=0.9, nesterov=True, schedule=S.one_cycle(8),
-                      backend=backend)
+                      backend=backend, flat=flat)
     return fs.RMSprop(params, lr=0.01, momentum=0.5, centered=True, schedule=S.exponential(0.9),
-                      backend=backend)
+                      backend=backend, flat=flat)
 
 
 def _single_process(name, groups=None):
@@ -90,6 +90,65 @@ def _ddp(rank):
         out[name] = _max_error(expected, [p.detach() for p in model.module.parameters()])
         assert opt.get_last_lr() == ref_opt.get_last_lr()
     return out
+
+
+def _ddp_flat(rank):
+    """flat=True under DDP, with and without gradient_as_bucket_view: DDP's bucket views
+    (or its copies into the grad views) are the grads the banks step with."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    out = {}
+    for as_view in (False, True):
+        for set_to_none in (True, False):
+            model = DDP(_model(), gradient_as_bucket_view=as_view)
+            opt = _make_opt("adam", model.parameters(), flat=True)
+            assert any(fg.banks for fg in opt._flat_groups.values())
+            for k in range(STEPS):
+                opt.zero_grad(set_to_none=set_to_none)
+                _loss(model, _local_half(_batch(k), rank)).backward()
+                opt.step()
+            expected, _ = _single_process("adam")
+            out[f"view={as_view},none={set_to_none}"] = _max_error(
+                expected, [p.detach() for p in model.module.parameters()])
+    return out
+
+
+def _zero_flat(rank):
+    """ZeroRedundancyOptimizer with optimizer_class=fusedsched.Adam and flat=True: each
+    rank's local optimizer banks its share."""
+    import fusedsched as fs
+    from fusedsched import schedules as S
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = DDP(_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fs.Adam, lr=0.02,
+                                  weight_decay=0.01, schedule=S.warmup(S.cosine(8), 2),
+                                  flat=True)
+    for k in range(STEPS):
+        opt.zero_grad()
+        _loss(model, _local_half(_batch(k), rank)).backward()
+        opt.step()
+    expected, _ = _single_process("adam")
+    assert opt.optim.flat
+    return {"params": _max_error(expected, [p.detach() for p in model.module.parameters()])}
+
+
+def _fsdp2_flat(rank):
+    """fully_shard with flat=True: DTensor parameters stay out of the banks and are
+    stepped per tensor (their local shards), as flat=False steps them."""
+    from torch.distributed.fsdp import fully_shard
+    model = _model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = _make_opt("adam", model.parameters(), flat=True)
+    assert not any(fg.banks for fg in opt._flat_groups.values())
+    for k in range(STEPS):
+        opt.zero_grad()
+        _loss(model, _local_half(_batch(k), rank)).backward()
+        opt.step()
+    expected, _ = _single_process("adam")
+    return {"adam": _max_error(expected, [p.full_tensor() for p in model.parameters()])}
 
 
 def _zero(rank):
@@ -194,7 +253,8 @@ def _fsdp2(rank):
     return out
 
 
-SCENARIOS = {"ddp": _ddp, "zero": _zero, "fsdp2": _fsdp2}
+SCENARIOS = {"ddp": _ddp, "zero": _zero, "fsdp2": _fsdp2, "ddp_flat": _ddp_flat,
+             "zero_flat": _zero_flat, "fsdp2_flat": _fsdp2_flat}
 
 
 def _worker(rank, port, out_dir):

@@ -9,6 +9,8 @@ For each workload (an optimizer, a dtype and a list of parameter shapes) the pro
   SGD), each timed as ``opt.step(); sched.step()`` with ``LambdaLR(opt, schedule)``;
 * ``fusedsched``: ``fusedsched.<Name>(schedule=schedule, backend="numba")``, timed as
   ``opt.step()``; the schedule (warmup + cosine) is evaluated inside the kernel,
+* ``flat``: the same with ``flat=True`` (one buffer per dtype), on the workloads marked
+  ``flat`` (many tensors, the ResNet-50 list, host cost, a big single tensor),
 
 are timed **interleaved** in one process: round-robin over the providers for several
 rounds, each measurement a ``torch.utils.benchmark.Timer.blocked_autorange`` median, the
@@ -68,7 +70,7 @@ OPTIMIZERS = {
     "rmsprop_centered": ("RMSprop", "RMSprop", dict(lr=1e-2, centered=True), 4, False),
 }
 TORCH_PROVIDERS = ("loop", "foreach", "fused")
-PROVIDERS = ("roof",) + TORCH_PROVIDERS + ("fusedsched",)
+PROVIDERS = ("roof",) + TORCH_PROVIDERS + ("fusedsched", "flat")
 
 # The schedule on both sides: warmup + cosine over a horizon no run reaches the end of.
 WARMUP_STEPS = 100
@@ -138,6 +140,7 @@ class Workload:
     dtype: str                     # "float32", "bfloat16", "float16"
     shapes: list = field(repr=False)
     kind: str = "single"           # "single" (one tensor), "list", "host"
+    flat: bool = False             # also measured with flat=True (provider "flat")
 
     @property
     def numel(self) -> int:
@@ -167,29 +170,37 @@ def _size_label(n: int) -> str:
 def make_workloads(quick: bool) -> list[Workload]:
     w: list[Workload] = []
 
-    def single(opt, n, dtype="float32"):
-        w.append(Workload(f"{opt} {dtype} 1x{_size_label(n)}", opt, dtype, [(n,)]))
+    def single(opt, n, dtype="float32", flat=False):
+        w.append(Workload(f"{opt} {dtype} 1x{_size_label(n)}", opt, dtype, [(n,)],
+                          flat=flat))
 
     if quick:
         for opt in ("adam", "sgd_momentum", "rmsprop", "rmsprop_centered"):
             for n in (10**5, 10**6):
-                single(opt, n)
+                single(opt, n, flat=opt == "adam" and n == 10**6)
         single("adam", 10**6, "bfloat16")
     else:
         for opt in OPTIMIZERS:
             for n in (10**5, 10**6, 10**7, 32 * 10**6):
-                single(opt, n)
+                single(opt, n, flat=opt == "adam" and n == 10**7)
         for opt in ("adam", "sgd_momentum"):
             for dtype in ("bfloat16", "float16"):
                 single(opt, 10**7, dtype)
     if not quick:
         w.append(Workload("adam float32 resnet50", "adam", "float32", resnet50_shapes(),
-                          "list"))
+                          "list", flat=True))
         w.append(Workload("adam float32 gpt2-small", "adam", "float32", gpt2_small_shapes(),
                           "list"))
-    w.append(Workload("adam float32 1000x1k", "adam", "float32", [(1024,)] * 1000, "list"))
+    w.append(Workload("adam float32 1000x1k", "adam", "float32", [(1024,)] * 1000, "list",
+                      flat=True))
     w.append(Workload("adam float32 host 1x1k", "adam", "float32", [(1024,)], "host"))
+    # host cost of flat=True: 1000 tiny tensors against one tensor of the same total size
+    w.append(Workload(HOST_MANY, "adam", "float32", [(16,)] * 1000, "host", flat=True))
+    w.append(Workload(HOST_ONE, "adam", "float32", [(16000,)], "host", flat=True))
     return w
+
+
+HOST_MANY, HOST_ONE = "adam float32 flat-cost 1000x16", "adam float32 flat-cost 1x16k"
 
 
 def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
@@ -212,6 +223,14 @@ def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
         g.append((">= 0.97x torch fused", "vs_fused", 0.97, ">="))
     if wl.name.endswith("1000x1k"):
         g.append((">= 20x torch fused", "vs_fused", 20.0, ">="))
+    if wl.flat:     # flat=True: the speed targets of flat storage
+        if wl.name.endswith("1000x1k"):
+            g.append(("flat >= 20x torch fused", "flat_vs_fused", 20.0, ">="))
+        if wl.name.endswith("resnet50"):
+            g += [("flat >= 1.15x torch fused", "flat_vs_fused", 1.15, ">="),
+                  ("flat <= 1.05x roof", "flat_ratio_roof", 1.05, "<=")]
+        if wl.kind == "single":
+            g.append(("flat no slower than flat=False", "flat_vs_fusedsched", 0.97, ">="))
     if wl.kind == "host":
         g.append(("<= 0.5x torch fused time", "vs_fused", 2.0, ">="))
     return g
@@ -250,9 +269,10 @@ def make_provider(name: str, wl: Workload, params):
 
     torch_cls, fs_cls, kwargs, _, has_fused = OPTIMIZERS[wl.optimizer]
     schedule = make_schedule()
-    if name == "fusedsched":
+    if name in ("fusedsched", "flat"):
         import fusedsched as fs
-        opt = getattr(fs, fs_cls)(params, schedule=schedule, backend="numba", **kwargs)
+        opt = getattr(fs, fs_cls)(params, schedule=schedule, backend="numba",
+                                  flat=name == "flat", **kwargs)
         return _Provider(opt.step, opt)
     if name == "fused" and not has_fused:
         return None
@@ -336,7 +356,7 @@ def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_step
 
     dtype = _torch_dtype(wl.dtype)
     roof = Roof(wl.shapes, dtype, wl.columns)
-    names = [p for p in providers if p != "roof"]
+    names = [p for p in providers if p != "roof" and (p != "flat" or wl.flat)]
     # Each provider steps its own copy of the same parameters and grads (same seed), so
     # that a provider's NaN (torch's centered RMSprop, FastNN#12; its fp16 for-loop, optax#1754)
     # is its own. One group if every provider's tensors fit in half the free memory, else
@@ -413,6 +433,13 @@ def summarize(wl: Workload, times: dict, errors: dict, finite: dict, split: bool
             speed["vs_best_torch"] = min(torch_ts) / fs_t
         if "roof" in med:
             speed["ratio_roof"] = fs_t / med["roof"]
+    flat_t = med.get("flat")
+    if flat_t:
+        for name in TORCH_PROVIDERS + ("fusedsched",):
+            if name in med:
+                speed[f"flat_vs_{name}"] = med[name] / flat_t
+        if "roof" in med:
+            speed["flat_ratio_roof"] = flat_t / med["roof"]
     rec["fusedsched"] = speed
     targets = []
     for label, metric, threshold, op in targets_for(wl):
@@ -640,7 +667,8 @@ def write_png(path: Path, records: list[dict], machine: dict) -> bool:
              "loop": dict(color="tab:gray", marker="o", label="torch for-loop"),
              "foreach": dict(color="tab:blue", marker="s", label="torch foreach"),
              "fused": dict(color="tab:orange", marker="^", label="torch fused"),
-             "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched")}
+             "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched"),
+             "flat": dict(color="tab:red", marker="x", label="fusedsched flat=True")}
     for ax, opt in zip(axes.flat, opts):
         rs = sorted((r for r in singles if r["optimizer"] == opt), key=lambda r: r["numel"])
         for name in PROVIDERS:
@@ -677,7 +705,8 @@ def print_table(console, records: list[dict], startup: dict) -> None:
                       ("loop", "right"), ("foreach", "right"), ("fused", "right"),
                       ("fusedsched", "right"), ("fs GB/s", "right"), ("vs roof", "right"),
                       ("vs loop", "right"), ("vs foreach", "right"),
-                      ("vs torch fused", "right")):
+                      ("vs torch fused", "right"), ("flat", "right"),
+                      ("flat vs roof", "right"), ("flat vs fused", "right")):
         t.add_column(col, justify=just)
     x = lambda v: (_fmt(v, ".2f") + "x") if v is not None else "-"  # noqa: E731
     for rec in records:
@@ -689,7 +718,8 @@ def print_table(console, records: list[dict], startup: dict) -> None:
                   ms("foreach"), ms("fused"), ms("fusedsched"),
                   _fmt(p.get("fusedsched", {}).get("gbps"), ".1f"),
                   x(s.get("ratio_roof")), x(s.get("vs_loop")), x(s.get("vs_foreach")),
-                  x(s.get("vs_fused")))
+                  x(s.get("vs_fused")), ms("flat"), x(s.get("flat_ratio_roof")),
+                  x(s.get("flat_vs_fused")))
     console.print(t)
     if startup:
         if "error" in startup:
@@ -869,6 +899,7 @@ def run(args: argparse.Namespace) -> int:
                                       if progress else (lambda: None))
     machine = machine_info()
     machine["loadavg_1_at_start"] = round(load_start, 2)
+    flat_host = flat_host_cost(records)
     result = {
         "machine": machine,
         "config": {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time,
@@ -889,6 +920,7 @@ def run(args: argparse.Namespace) -> int:
         "valid": all(r["valid"] for r in records),
         "startup": startup,
         "compile": compiled,
+        "flat_host": flat_host,
     }
     result["config"]["wall_s"] = round(time.perf_counter() - t_start, 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -900,6 +932,11 @@ def run(args: argparse.Namespace) -> int:
         if compiled:
             from . import bench_compile
             bench_compile.print_rows(console, compiled)
+        if flat_host:
+            console.print(f"flat=True host cost: step() on 1000 x 16 "
+                          f"{flat_host['many_ms']:.3g} ms, on 1 x 16k "
+                          f"{flat_host['one_ms']:.3g} ms: "
+                          f"{flat_host['ratio']:.2f}x (target <= 4x; same run)")
         console.print(f"{machine['cpu']}, {machine['torch_threads']} torch / "
                       f"{machine['numba_threads']} numba threads "
                       f"({machine['numba_threading_layer']}), torch {machine['torch']}, "
@@ -927,6 +964,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"fusedsched's parameters went non-finite: {bad}", file=sys.stderr)
         status = 1
     return status
+
+
+def flat_host_cost(records: list[dict]) -> dict:
+    """flat=True's step() on 1000 tensors of 16 elements over its step() on one tensor of
+    16,000 (same run; the target is <= 4x), {} when either row was not measured."""
+    ms = {r["workload"]: r["providers"].get("flat", {}).get("ms") for r in records}
+    many, one = ms.get(HOST_MANY), ms.get(HOST_ONE)
+    if not many or not one:
+        return {}
+    ratio = many / one
+    return {"many_ms": many, "one_ms": one, "ratio": ratio, "target": "<= 4x",
+            "met": ratio <= 4.0}
 
 
 class _Null:

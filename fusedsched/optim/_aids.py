@@ -92,9 +92,11 @@ def check_group_params(opt, params):
                     f"parameter (shape {tuple(p.shape)}): use master_weights=True")
 
 
-def clipped_grad_scale(opt, plans, grad_scale):
-    """Set ``opt.last_grad_norm`` and return the grad_scale that also clips (float64)."""
-    grads = [p.grad for plan in plans for p in plan.params]
+def clipped_grad_scale(opt, plans, grad_scale, grads=None):
+    """Set ``opt.last_grad_norm`` and return the grad_scale that also clips (float64).
+    ``grads``: the grads of the step (default: those of the plans' parameters)."""
+    if grads is None:
+        grads = [p.grad for plan in plans for p in plan.params]
     if not grads:
         opt._results["grad_norm"] = torch.zeros(())
         return grad_scale

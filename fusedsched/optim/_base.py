@@ -17,7 +17,7 @@ from torch.optim import optimizer as _optimizer
 
 from .. import schedules as S
 from ..kernels import ops
-from . import _aids, _backend
+from . import _aids, _backend, _flat
 from . import _validate
 
 
@@ -229,7 +229,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             param groups as torch records them; the update is one fused, CUDA-graph
             capturable kernel call whatever their value.
         differentiable (bool): only False; True raises NotImplementedError (no autograd
-            through the in-place kernel update)."""
+            through the in-place kernel update).
+        flat (bool): keep each group's parameters, grads and state in one contiguous
+            buffer per device and dtype, stepped by one kernel call (``_flat.py``; the
+            README says what it changes for ``p.grad``, ``p.data`` and ``zero_grad``);
+            TypeError when not a bool."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -238,7 +242,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, backend, *, master_weights, stochastic_rounding,
-                 max_grad_norm):
+                 max_grad_norm, flat=False):
+        self.flat = _flat.check(flat)
         self.backend = _backend.check_name(backend)
         self.max_grad_norm = _aids.check(master_weights, stochastic_rounding, max_grad_norm)
         self.master_weights = master_weights
@@ -309,6 +314,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             param_group.clear()
             param_group.update(before)
             raise
+        if self.flat:       # flat storage: the group's banks (after every check)
+            _flat.adopt(self, group)
 
     def get_last_lr(self):
         """The lr of the NEXT update of each group, as Python floats: ``group["lr"] *
@@ -420,7 +427,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # decide when the traced step is valid). The eager step is never traced: after a
         # graph break that dynamo cannot resume (one inside torch's step wrapper), it would
         # otherwise compile the eager step's functions frame by frame, pointers and all.
-        if torch.compiler.is_compiling() and not self._has_complex():
+        if torch.compiler.is_compiling() and not self._has_complex() and not self.flat:
             return self._run_step(closure, True)
         if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
             return self._run_step(closure, True)
@@ -430,7 +437,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             return self._run_step(closure, False)
         # Complex parameters: Inductor cannot functionalize an in-place operator on their
         # view_as_real views (auto_functionalized_v2 stays in the graph), so a traced step
-        # breaks the graph here and steps eagerly.
+        # breaks the graph here and steps eagerly. So does flat storage: Inductor's
+        # reinplacing fails on the many aliasing views of one buffer ("graph node count
+        # mismatch"), and the eager step walks the buffers in one call anyway.
         return self._eager_step(closure)
 
     def _has_complex(self):
@@ -448,18 +457,35 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plan = self._traced_plan if traced else self._plan
+        flat = self.flat and not traced
+        if flat:        # p.data = ... since the last step: re-adopted or stepped per tensor
+            _flat.settle(self)
         plans = [plan(group) for group in self.param_groups]
         _aids.check_params(self, plans)
         if self.max_grad_norm is not None:
-            grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale)
+            # with flat storage: the live grads in each group's order (the same norm)
+            grad_scale = _aids.clipped_grad_scale(self, plans, grad_scale, grads=[
+                g for plan in plans for g in _flat.live_grads(self, plan.group, plan.params)]
+                if flat else None)
         fresh = []
         # Every direct group's state is created and checked against its parameters
         # before any kernel writes (a state tensor replaced by hand is checked here).
         dropped = self._dropped_on_skip
         if found_inf is not None and dropped:
             fresh = [p for plan in plans for p in plan.params if dropped not in self.state[p]]
-        calls = [self._calls(plan) if plan.direct else None for plan in plans]
-        for plan, prepared in zip(plans, calls):
+        banks = repeat(None)
+        if flat:    # the banks' checks, then their state (kernel lists of runs)
+            banks = _flat.prepare(self, plans, self._state_keys,
+                                  dropped if found_inf is not None else None)
+            fresh += [p for step in banks if step is not None for p in step.fresh]
+        calls = [self._calls(plan) if plan.direct and (plan.params or not flat) else None
+                 for plan in plans]
+        for plan, prepared, step in zip(plans, calls, banks):
+            if step is not None and step.lists:
+                # the banks first: the per-tensor launch advances the position
+                plan = self._launch_banks(plan, step, grad_scale, found_inf)
+                if plan is None:
+                    continue
             if plan.direct:
                 # no DTensor, nothing lifted: no context to enter
                 self._launch(plan, grad_scale, found_inf, prepared)
@@ -475,13 +501,30 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  if k != dropped}
         return loss
 
+    def _launch_banks(self, plan, step, grad_scale, found_inf):
+        """The kernel calls of a group's banks (``_flat.py``); the plan of its per-tensor
+        parameters, None when there are none (the banks' last call advanced the position)."""
+        devices = step.devices | ({plan.device} if plan.params else set())
+        if len(devices) > 1:
+            a, b = sorted(map(str, devices))[:2]
+            raise ValueError(f"parameters of one group must be on one device, got {a} and {b}")
+        device = next(iter(step.devices))
+        alone = not plan.params
+        backend = plan.backend if not alone else _flat.backend(self, device)
+        calls = _flat.Lists(step.lists)
+        self._launch(plan._replace(device=device, backend=backend), grad_scale, found_inf,
+                     calls, advance=alone)
+        _flat.finish(step, grad_scale is not None)
+        return None if alone else plan
+
     def _traced_plan(self, group):
         """``_plan`` for a step traced by torch.compile: every check of ``_plan`` and
         ``_scan`` of the tensors, run while tracing (on metadata dynamo guards on), no
         cache. The hyperparameters are not validated here (a check that reads a value
         would break the graph or guard on it); they are validated at construction,
         ``add_param_group``, ``load_state_dict`` and every eager step."""
-        params = [p for p in group["params"] if p.grad is not None]
+        params = (_flat.traced_live(self, group) if self.flat else
+                  [p for p in group["params"] if p.grad is not None])
         device = params[0].device if params else group["schedule_position"].device
         self._check_params(params, [p.grad for p in params], device)
         self._check_states(params)
@@ -526,9 +569,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 memo.launch = memo.calls = None
                 self._check_group(group)
             memo.remember(group, key)
-        params = group["params"]
+        params = _flat.rest(self, group) if self.flat else group["params"]
         grads = list(map(_grad, params))
-        ptrs = memo.holds(params, grads)
+        # flat storage: a group all in banks has nothing to scan once scanned empty
+        ptrs = (memo.holds(params, grads) if params or getattr(memo, "params", None) != []
+                else ([], [], []))
         if ptrs is None:
             self._scan(memo, group, params, grads)
         lr, schedule = self._scheduled_lr(group)
@@ -635,7 +680,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 memo.calls = calls
         return calls
 
-    def _launch(self, plan, grad_scale, found_inf, calls=None):
+    def _launch(self, plan, grad_scale, found_inf, calls=None, advance=True):
         """One ``torch.ops.fusedsched.<algorithm>_step`` call per dtype of the group's
         parameters (``kernels/ops.py``), with ``calls`` (``_calls``; made here for
         parameters an aid or DTensor replaced)."""
@@ -660,9 +705,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         if calls is None:
             calls = _Calls(self, params, keys, device)
         if not calls.lists:
-            position.add_(1.0)
+            if advance:
+                position.add_(1.0)
             return
-        last = len(calls.lists) - 1
+        last = len(calls.lists) - 1 if advance else -1
         for n, (ps, states, steps) in enumerate(calls.lists):
             grads = [p.grad for p in ps]    # not map(attrgetter): dynamo cannot trace it
             kw = dict(schedule=program, position=position, grad_scale=grad_scale,
@@ -671,6 +717,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 ops.call(self.algorithm, backend, ps, grads, states, steps, args, **kw)
             else:
                 _staged_call(self.algorithm, backend, ps, grads, states, steps, args, kw)
+
+    def zero_grad(self, set_to_none=True):
+        """torch's ``zero_grad``. With ``flat=True``, a parameter in a bank keeps its grad
+        view bound: the grad buffer is filled in one pass and the parameter counts as
+        gradient-less until autograd accumulates into it (``set_to_none=True``), or as
+        holding a zero gradient (``set_to_none=False``); other grads as torch treats them."""
+        if not self.flat:
+            return super().zero_grad(set_to_none)
+        _flat.zero_grad(self, set_to_none)
 
     @property
     def last_grad_norm(self):
@@ -682,7 +737,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
     _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
-                "rounding_seed", "_results")
+                "rounding_seed", "_results", "flat")
 
     def __getstate__(self):
         """torch's (defaults, state, param_groups) plus this optimizer's settings and its
@@ -708,6 +763,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``torch.load(weights_only=True)``) and its position. A host-callable schedule is
         saved as ``{"kind": "callable"}``; loading keeps the receiving group's."""
         state_dict = super().state_dict()
+        if self.flat:
+            _flat.plain(state_dict)
         for group in state_dict["param_groups"]:
             schedule = group["schedule"]
             group["schedule"] = (schedule.to_spec() if isinstance(schedule, S.Schedule)
@@ -770,8 +827,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                                          f"{tuple(value.shape)}, its parameter "
                                          f"{tuple(param.shape)}")
             groups.append(group)
+        old_groups = list(self.param_groups)
         super().load_state_dict({**state_dict, "param_groups": groups})
         self.__dict__.pop("_memos", None)       # new group dicts: new memos
+        if self.flat:       # the banks stay; their state is bound again at the next step
+            _flat.rebind_groups(self, old_groups)
         rounding = state_dict.get("stochastic_rounding")
         if self.stochastic_rounding and rounding is not None:
             self.rounding_seed = int(rounding["seed"])

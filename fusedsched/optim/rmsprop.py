@@ -41,14 +41,15 @@ class RMSprop(FusedOptimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, capturable=False, foreach=None, maximize=False,
                  differentiable=False, schedule=None, backend="auto", master_weights=False,
-                 stochastic_rounding=False, max_grad_norm=None):
+                 stochastic_rounding=False, max_grad_norm=None, flat=False):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize,
                         **drop_in(capturable=capturable, foreach=foreach,
                                   differentiable=differentiable),
                         schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
+                         flat=flat)
 
     def _check_group(self, group):
         common(group)
