@@ -482,9 +482,11 @@ def n_chunks(offsets, chunk):
 
 def chunk_size(total, threads):
     """The chunk of a parallel step of ``total`` elements on ``threads`` threads: at most
-    about CHUNK elements, a multiple of ALIGN, and as many chunks (``n_chunks``) as a
-    multiple of ``threads``, all of one size but the last, which is at most ALIGN - 1
-    elements per chunk shorter."""
+    about CHUNK elements, a multiple of ALIGN, all chunks of one size but the last (at most
+    ALIGN - 1 elements per chunk shorter), and as many (``n_chunks``) as a multiple of
+    ``threads`` while a chunk holds more ALIGN-element lines than there are chunks
+    (steps up to about CHUNK * CHUNK / ALIGN elements); beyond, the rounding to ALIGN may
+    leave a thread one chunk of a thousand fewer."""
     chunks = -(-total // CHUNK)
     chunks += -chunks % threads
     size = -(-total // chunks)
