@@ -65,12 +65,22 @@ class Signature(NamedTuple):
         """The buffer's values from a dict of the declared hyperparameters (floats, or
         0-dim tensors for kind "scalar"), in ``values`` order. TypeError naming the
         difference when ``hyper`` does not hold exactly the declared names."""
-        names = [name for name, _ in self.hyper]
-        if len(hyper) != len(names) or not all(name in hyper for name in names):
+        # every eager step packs: the names and the order come from a per-declaration
+        # table (one key-set comparison in C), not rebuilt on each call
+        layout = _LAYOUTS.get(id(self))
+        if layout is None or layout[0] is not self:
+            layout = _LAYOUTS[id(self)] = (self, frozenset(name for name, _ in self.hyper),
+                                           self.values)
+        _, names, values = layout
+        if hyper.keys() != names:
+            declared = [name for name, _ in self.hyper]
             raise TypeError(f"hyperparameters {sorted(hyper)} differ from the declared "
-                            f"{names}: missing {sorted(set(names) - set(hyper))}, unknown "
-                            f"{sorted(set(hyper) - set(names))}")
-        return [hyper[name] for name in self.values]
+                            f"{declared}: missing {sorted(names - set(hyper))}, unknown "
+                            f"{sorted(set(hyper) - names)}")
+        return [hyper[name] for name in values]
+
+
+_LAYOUTS = {}      # id(signature) -> (the signature, its names, Signature.values)
 
 
 SIGNATURES = {

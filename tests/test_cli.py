@@ -312,3 +312,29 @@ def test_backend_env_error_names_the_variable(monkeypatch):
         _backend.resolve("auto", torch.device("meta"))
     monkeypatch.setenv("FUSEDSCHED_BACKEND", "auto")
     assert _backend.resolve("auto", torch.device("cpu")) == "numba"
+
+
+def test_bench_sweep_rows_targets_and_plot(tmp_path):
+    """The full run's size sweep (one fp32 tensor of each SWEEP_SIZES size per optimizer,
+    ``--only sweep``), the issue-15 targets on its cache-resident and mid-size rows, and
+    the time-per-element plot."""
+    full = B.make_workloads(False)
+    sweep = [w for w in full if B.selects(B.SWEEP, w)]
+    assert {(w.optimizer, w.numel) for w in sweep} == {
+        (o, n) for o in B.OPTIMIZERS for n in B.SWEEP_SIZES}
+    assert B.check_only([B.SWEEP], full, False) is None
+    assert not B.selects(B.SWEEP, next(w for w in full if w.dtype == "bfloat16"))
+    by_name = {w.name: w for w in sweep}
+    labels = lambda name: [t[0] for t in B.targets_for(by_name[name])]  # noqa: E731
+    assert ">= 2x torch fused" in labels("adam float32 1x10k")
+    assert ">= 2x torch best" in labels("rmsprop float32 1x1M")
+    assert not any("2x" in t for t in labels("adam float32 1x1k"))
+    records = []
+    for n in (10**3, 10**4):
+        wl = B.Workload(f"adam float32 1x{n}", "adam", "float32", [(n,)])
+        times = {k: [n * 1e-9 * f] for k, f in (("roof", 1), ("fused", 4), ("fusedsched", 2))}
+        records.append(B.summarize(wl, times, {}, {}, False))
+    machine = {"cpu": "cpu", "torch_threads": 2, "torch": "x"}
+    assert B.write_sweep_png(tmp_path / "s.png", records, machine)
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert not B.write_sweep_png(tmp_path / "t.png", records[:1], machine)

@@ -30,7 +30,8 @@ from fusedsched import schedules as S
 from fusedsched.kernels.numba import adam as nadam
 from fusedsched.kernels.numba import rmsprop as nrms
 from fusedsched.kernels.numba import sgd as nsgd
-from fusedsched.kernels.numba._common import CHUNK, SQRT_MODES, set_sqrt_mode
+from fusedsched.kernels.numba._common import (ALIGN, CHUNK, SQRT_MODES, chunk_size,
+                                              set_sqrt_mode)
 from fusedsched.kernels.numba.schedule import evaluate
 from fusedsched.kernels.reference.schedule import evaluate as reference_evaluate
 from fusedsched.kernels.reference import adam as radam
@@ -227,6 +228,46 @@ def test_matches_reference(algo, opts, shape, sched, dtype, monkeypatch, sqrt_mo
         ref.step("reference", schedule, pos_ref, grad_scale=gs)
         mine.compare_and_sync(ref, f"step {k}")
         assert pos_mine.item() == pos_ref.item() == k + 1
+
+
+@pytest.mark.parametrize("total, threads", [
+    (1, 2), (63, 2), (64, 1), (CHUNK, 2), (CHUNK + 1, 2), (100_000, 2), (100_000, 3),
+    (10**6, 2), (10**6, 16), (32 * 10**6, 2), (124_439_808, 7)])
+def test_chunk_size_gives_equal_shares(total, threads):
+    chunk = chunk_size(total, threads)
+    chunks = -(-total // chunk)
+    assert chunk % ALIGN == 0 and chunk <= CHUNK + ALIGN
+    assert 0 <= chunks * chunk - total < ALIGN * chunks
+    # a few chunks: every thread gets as many (the last one at most ALIGN - 1 elements per
+    # chunk shorter), unless the step has fewer than ALIGN elements per thread; many: the
+    # rounding to ALIGN may drop a chunk, a thread's share (static schedule) stays within
+    # 1% of an equal one
+    assert chunks % threads == 0 or total < ALIGN * threads or chunks > 8 * threads
+    assert -(-chunks // threads) * chunk <= total / threads * 1.01 + ALIGN
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_any_chunking_and_the_serial_walk_give_the_same_bits(algo, monkeypatch):
+    """The serial walk (steps <= SERIAL_MAX) and the parallel one in chunks of any size
+    (equal shares of the thread count, ``chunk_size``) compute every element alike."""
+    sizes = [CHUNK + 3, 0, 100_003, 5, 2 * ALIGN + 1]
+    opts = ALGOS[algo][1]
+    start = Case(algo, torch.float32, sizes, opts)
+    schedule = S.program(SCHEDULES["nested"], "cpu")
+    results = []
+    for chunk in (0, ALIGN, 3 * ALIGN, chunk_size(sum(sizes), 2), CHUNK):
+        case = start.clone()
+        module = {"adam": nadam, "rmsprop": nrms, "sgd": nsgd}[algo]
+        monkeypatch.setattr(module, "use_pool", lambda offsets, serial_max, c=chunk: c)
+        position = torch.tensor(2.0, dtype=torch.float64)
+        for k in range(2):
+            case.step("numba", schedule, position,
+                      grad_scale=_grad_scale(torch.float32) if k else None)
+        results.append(case)
+    for chunk, case in zip((ALIGN, 3 * ALIGN, "chunk_size", CHUNK), results[1:]):
+        for k, (mine, serial) in enumerate(zip(case.lists, results[0].lists)):
+            for i, (a, e) in enumerate(zip(mine or [], serial or [])):
+                assert_close(a, e, f"chunk {chunk}: list {k} tensor {i}")
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))

@@ -3,9 +3,10 @@
 A Numba parallel kernel with exactly an optimizer's reads and writes and no math: it reads
 every column of the address table (param, grad, then each state tensor) and writes every
 column but the grad, element by element, over the same tensor list, walked in the same way
-as the fused kernels (chunks of ``CHUNK`` elements over the concatenation of all tensors,
-``prange`` over the chunks; in the calling thread up to ``SERIAL_MAX`` elements, as the
-fused kernels). The value written is the bitwise XOR of the values read, on
+as the fused kernels (equal chunks of at most about ``CHUNK`` elements over the
+concatenation of all tensors, as many as a multiple of the thread count, ``prange`` over the
+chunks; in the calling thread up to ``SERIAL_MAX`` elements: ``kernels/numba/_common``'s
+``use_pool``). The value written is the bitwise XOR of the values read, on
 integer views of the storage (one integer op per element: no float work, no denormal or NaN
 slow path, nothing dead for the compiler to remove).
 
@@ -20,8 +21,8 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-CHUNK = 1 << 16
-SERIAL_MAX = 1 << 18     # as kernels/numba/_common.SERIAL_MAX
+from .kernels.numba._common import CHUNK, SERIAL_MAX, use_pool
+
 
 _MARKERS = {1: np.int8(0), 2: np.int16(0), 4: np.int32(0), 8: np.int64(0)}
 
@@ -77,13 +78,13 @@ def _rw5(p, g, s, t, u):
 
 
 @njit(cache=True)
-def _roof_chunk(ptrs, offsets, marker, c):
+def _roof_chunk(ptrs, offsets, marker, c, chunk):
     n = ptrs.shape[0]
     cols = ptrs.shape[1]
     total = offsets[n]
     if True:
-        lo = c * CHUNK
-        hi = min(lo + CHUNK, total)
+        lo = c * chunk
+        hi = min(lo + chunk, total)
         i = np.searchsorted(offsets, lo, side="right") - 1
         while i < n and offsets[i] < hi:
             start = offsets[i]
@@ -108,17 +109,17 @@ def _roof_chunk(ptrs, offsets, marker, c):
 
 
 @njit(cache=True, parallel=True)
-def _roof_parallel(ptrs, offsets, marker):
+def _roof_parallel(ptrs, offsets, marker, chunk):
     total = offsets[ptrs.shape[0]]
-    for c in prange((total + CHUNK - 1) // CHUNK):
-        _roof_chunk(ptrs, offsets, marker, c)
+    for c in prange((total + chunk - 1) // chunk):
+        _roof_chunk(ptrs, offsets, marker, c, chunk)
 
 
 @njit(cache=True)
-def _roof_serial(ptrs, offsets, marker):
+def _roof_serial(ptrs, offsets, marker, chunk):
     total = offsets[ptrs.shape[0]]
-    for c in range((total + CHUNK - 1) // CHUNK):
-        _roof_chunk(ptrs, offsets, marker, c)
+    for c in range((total + chunk - 1) // chunk):
+        _roof_chunk(ptrs, offsets, marker, c, chunk)
 
 
 class Roof:
@@ -141,7 +142,11 @@ class Roof:
         self.bytes_per_step = int(self.offsets[-1]) * itemsize * (2 * columns - 1)
 
     def step(self):
-        # the fused kernels' threading rule: steps of at most SERIAL_MAX elements run in
-        # the calling thread (waking the pool costs more than the work there)
-        kernel = _roof_serial if self.offsets[-1] <= SERIAL_MAX else _roof_parallel
-        kernel(self.ptrs, self.offsets, self.marker)
+        # the fused kernels' threading rule and chunks (use_pool: steps of at most
+        # SERIAL_MAX elements run in the calling thread, in one walk of CHUNK-element
+        # pieces here)
+        chunk = use_pool(self.offsets, SERIAL_MAX)
+        if chunk:
+            _roof_parallel(self.ptrs, self.offsets, self.marker, chunk)
+        else:
+            _roof_serial(self.ptrs, self.offsets, self.marker, CHUNK)

@@ -23,17 +23,29 @@ from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic, overload
 
-# Elements per parallel work item. Chunks run over the concatenation of all tensors of the
-# call, so a list of many small tensors packs into few chunks.
+# Elements per parallel work item, at most. Chunks run over the concatenation of all tensors
+# of the call, so a list of many small tensors packs into few chunks. A parallel step cuts
+# the concatenation into equal chunks, as many as a multiple of the thread count
+# (``chunk_size``): the pool's static schedule then gives every thread the same number of
+# elements. With fixed CHUNK-element chunks a step of 1e5 elements on 2 threads split
+# 65536 / 34464 and took the time of the larger share.
 CHUNK = 1 << 16
+# Chunk sizes are multiples of this many elements (a cache line and more of any storage
+# dtype): two threads never write one line, and each chunk's loop starts on a vector.
+ALIGN = 64
 
 JIT = dict(cache=True, error_model="numpy")
 
 # Steps of at most this many elements (all tensors of the call) run serially in the calling
-# thread and never touch the thread pool: waking Numba's pool costs more than the work
-# there, and its threads would compete with torch's spinning OpenMP threads (2 cores:
-# measured in setup_threads).
-SERIAL_MAX = 1 << 18
+# thread and never touch the thread pool, where waking it costs about what a second thread
+# saves. Above it the pool pays: a cache-resident step is bound by the arithmetic (Adam: a
+# square root and two divisions per element, on the divider), which a second thread
+# halves, and from about 1e5 fp32 Adam elements the step's arrays outgrow one core's L2
+# while each thread's share fits its own. Measured on 2 cores (serial against the pool with
+# equal chunks, Adam, SGD momentum, RMSprop): the serial walk wins at 1e4 elements, the pool
+# from 3e4 (bench/results/cpu_sweep). It was 1 << 18, with fixed CHUNK-element chunks that
+# left a 1e5-element step's second thread half idle.
+SERIAL_MAX = 1 << 15
 PJIT = dict(cache=True, error_model="numpy", parallel=True)
 
 
@@ -464,8 +476,21 @@ def view(address, n, marker):
 
 
 @njit(**JIT)
-def n_chunks(offsets):
-    return (offsets[offsets.shape[0] - 1] + CHUNK - 1) // CHUNK
+def n_chunks(offsets, chunk):
+    return (offsets[offsets.shape[0] - 1] + chunk - 1) // chunk
+
+
+def chunk_size(total, threads):
+    """The chunk of a parallel step of ``total`` elements on ``threads`` threads: at most
+    about CHUNK elements, a multiple of ALIGN, all chunks of one size but the last (at most
+    ALIGN - 1 elements per chunk shorter), and as many (``n_chunks``) as a multiple of
+    ``threads`` while a chunk holds more ALIGN-element lines than there are chunks
+    (steps up to about CHUNK * CHUNK / ALIGN elements); beyond, the rounding to ALIGN may
+    leave a thread one chunk of a thousand fewer."""
+    chunks = -(-total // CHUNK)
+    chunks += -chunks % threads
+    size = -(-total // chunks)
+    return size + -size % ALIGN
 
 
 @njit(**JIT)
@@ -499,15 +524,15 @@ def make_walk(tensor):
     with the algorithm's ``tensor`` function (no compilation here: lazy dispatchers)."""
 
     @njit(parallel=True, **WALK)
-    def walk_parallel(ptrs, offsets, sc, flags, marker):
-        """Parallel over CHUNK-element chunks of the concatenated tensors; a chunk updates
-        the pieces of the tensors it overlaps."""
+    def walk_parallel(ptrs, offsets, sc, flags, marker, chunk):
+        """Parallel over ``chunk``-element chunks of the concatenated tensors; a chunk
+        updates the pieces of the tensors it overlaps."""
         n = ptrs.shape[0]
         total = offsets[n]
-        for c in prange(n_chunks(offsets)):
+        for c in prange(n_chunks(offsets, chunk)):
             scratch = tmp(marker)
-            lo = c * CHUNK
-            hi = min(lo + CHUNK, total)
+            lo = c * chunk
+            hi = min(lo + chunk, total)
             i = first_tensor(offsets, lo)
             while i < n and offsets[i] < hi:
                 start = offsets[i]
@@ -518,11 +543,11 @@ def make_walk(tensor):
                 i += 1
 
     @njit(**WALK)
-    def walk(parallel, ptrs, offsets, sc, flags, marker):
-        """``walk_parallel`` if ``parallel`` (see ``use_pool``), else the same in the
-        calling thread, tensor by tensor."""
-        if parallel:
-            walk_parallel(ptrs, offsets, sc, flags, marker)
+    def walk(chunk, ptrs, offsets, sc, flags, marker):
+        """``walk_parallel`` in chunks of ``chunk`` elements if ``chunk`` is not 0 (see
+        ``use_pool``), else the same in the calling thread, tensor by tensor."""
+        if chunk > 0:
+            walk_parallel(ptrs, offsets, sc, flags, marker, chunk)
         else:
             scratch = tmp(marker)
             for i in range(ptrs.shape[0]):
@@ -544,12 +569,13 @@ def position_at(pos_addr):
 
 
 def use_pool(offsets, serial_max):
-    """Whether a step of this table runs on the thread pool (then set up here): steps of
-    at most ``serial_max`` elements (the algorithm module's SERIAL_MAX) run serially."""
-    if offsets[-1] <= serial_max:
-        return False
-    setup_threads()
-    return True
+    """The chunk size (``chunk_size``) when a step of this table runs on the thread pool
+    (then set up here), 0 when it runs serially: steps of at most ``serial_max`` elements
+    (the algorithm module's SERIAL_MAX) do."""
+    total = int(offsets[-1])
+    if total <= serial_max:
+        return 0
+    return chunk_size(total, setup_threads())
 
 
 def empty_step(schedule, position, advance_position):
@@ -616,7 +642,8 @@ _threads_set = None
 def setup_threads():
     """Numba's pool follows ``torch.get_num_threads()``. The threading layer defaults to
     OpenMP first (unless NUMBA_THREADING_LAYER chooses), then TBB, then workqueue; numba
-    fixes the layer at the first parallel launch of the process."""
+    fixes the layer at the first parallel launch of the process. Returns the thread
+    count."""
     global _threads_set
     if _threads_set is None and "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -624,6 +651,7 @@ def setup_threads():
     if n != _threads_set:
         numba.set_num_threads(n)
         _threads_set = n
+    return n
 
 
 def hyper_buffer(signature, hyper):
@@ -688,15 +716,18 @@ def pack(params, lists, steps):
     return table, offsets
 
 
+# The checks that run on every step read ``is_cpu``, a flag, not ``device.type``, which
+# builds a torch.device object at each read (several times the cost of the flag).
+
 def check_counter(t, name):
-    if t.device.type != "cpu" or t.dtype != torch.float64 or t.numel() != 1 or not t.is_contiguous():
+    if not t.is_cpu or t.dtype != torch.float64 or t.numel() != 1 or not t.is_contiguous():
         raise ValueError(f"numba backend: {name} must be a contiguous CPU float64 tensor")
 
 
 def program_args(schedule, position):
     """(program address, n_nodes, position address) for the kernel."""
     check_counter(position, "position")
-    if (schedule.device.type != "cpu" or schedule.dtype != torch.float64 or schedule.dim() != 2
+    if (not schedule.is_cpu or schedule.dtype != torch.float64 or schedule.dim() != 2
             or not schedule.is_contiguous()):
         raise ValueError("numba backend: schedule must be a contiguous CPU float64 (n, NODE_SIZE) table")
     return schedule.data_ptr(), schedule.shape[0], position.data_ptr()
@@ -711,5 +742,5 @@ def amp_args(grad_scale, found_inf):
 
 __all__ = ["SERIAL_MAX", "CHUNK", "JIT", "PJIT", "address_as_pointer", "f64_at", "fma", "sqrt", "lerp", "BLOCK", "vsqrt", "sqrt_fn", "set_sqrt_mode", "sqrt_mode", "tmp", "half_to_float",
            "float_to_half", "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
-           "n_chunks", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads",
+           "ALIGN", "n_chunks", "chunk_size", "first_tensor", "make_walk", "position_at", "use_pool", "empty_step", "read_steps", "finish", "setup_threads",
            "marker_of", "hyper_buffer", "pack", "program_args", "amp_args", "math"]

@@ -219,14 +219,14 @@ _walk = make_walk(_tensor)
 @njit(**JIT)
 def _adam(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, decoupled_weight_decay, amsgrad,
           maximize, has_gs, gs, found_inf, advance_position,
-          marker, sqrt_f, parallel):
-    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
-    the counters."""
+          marker, sqrt_f, chunk):
+    """The whole step: scalars, the walk over the tensors (on the thread pool in chunks of
+    ``chunk`` elements, serially when 0), the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(ptrs, prog_addr, n_nodes, t, hp, decoupled_weight_decay, maximize, gs,
                       marker)
-        _walk(parallel, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f), marker)
+        _walk(chunk, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 

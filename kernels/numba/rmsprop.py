@@ -230,13 +230,13 @@ _walk = make_walk(_tensor)
 
 @njit(**JIT)
 def _rmsprop(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, centered, maximize, has_buf,
-             has_gs, gs, found_inf, advance_position, marker, sqrt_f, parallel):
-    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
-    the counters."""
+             has_gs, gs, found_inf, advance_position, marker, sqrt_f, chunk):
+    """The whole step: scalars, the walk over the tensors (on the thread pool in chunks of
+    ``chunk`` elements, serially when 0), the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(prog_addr, n_nodes, t, hp, maximize, gs, marker)
-        _walk(parallel, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f), marker)
+        _walk(chunk, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 

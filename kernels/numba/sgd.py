@@ -103,13 +103,13 @@ _walk = make_walk(_tensor)
 
 @njit(**JIT)
 def _sgd(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, nesterov, maximize, has_buf, has_gs,
-         gs, found_inf, advance_position, marker, parallel):
-    """The whole step: scalars, the walk over the tensors (thread pool if ``parallel``),
-    the counters."""
+         gs, found_inf, advance_position, marker, chunk):
+    """The whole step: scalars, the walk over the tensors (on the thread pool in chunks of
+    ``chunk`` elements, serially when 0), the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(ptrs, prog_addr, n_nodes, t, hp, maximize, gs, marker)
-        _walk(parallel, ptrs, offsets, sc, (nesterov, has_buf, has_gs), marker)
+        _walk(chunk, ptrs, offsets, sc, (nesterov, has_buf, has_gs), marker)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
