@@ -21,7 +21,7 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-from .kernels.numba._common import CHUNK, SERIAL_MAX, use_pool
+from fusedsched.kernels.numba._common import CHUNK, SERIAL_MAX, use_pool
 
 
 _MARKERS = {1: np.int8(0), 2: np.int16(0), 4: np.int32(0), 8: np.int64(0)}
