@@ -703,3 +703,16 @@ def test_tied_weights_in_two_modules():
         m["head"](m["emb"](ids)).logsumexp(-1).mean().backward()
         o.step()
     _both(ma, oa, mb, ob, fn, steps=4)
+
+
+def test_a_rebound_buffer_raises_before_any_write():
+    ma, oa, mb, ob = _twins("adam")
+    _both(ma, oa, mb, ob, _plain_step, steps=1)
+    (bank,) = _banks(oa)
+    before = [p.detach().clone() for p in ma.parameters()]
+    bank.buf.data = torch.zeros_like(bank.buf)
+    _loss(ma, 1).backward()
+    with pytest.raises(RuntimeError, match="flat storage was rebound"):
+        oa.step()
+    for p, b in zip(ma.parameters(), before):
+        _same(p, b)

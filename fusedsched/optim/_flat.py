@@ -202,6 +202,7 @@ class _Bank:
         self.steps = torch.zeros(n, dtype=torch.float64, device=device)
         self.step_views = list(self.steps.unbind())
         self.bufs = {}                      # state key -> buffer
+        self.buffer_ptrs = [self.buf.data_ptr(), self.gbuf.data_ptr(), self.steps.data_ptr()]
         self.state_views = {}               # state key -> per-param views
         self.dicts = [None] * n             # the state dict each parameter's views are in
         self.bound = {}                     # state key -> per-param bool: view in dicts[i]
@@ -252,11 +253,14 @@ class _Bank:
 
     # -- the checks of a step -----------------------------------------------------------
     def check_buffers(self):
-        """The buffers are the bank's (nothing rebound them): RuntimeError otherwise."""
-        for b, n in [(self.buf, self.total), (self.gbuf, self.total), *[
-                (b, self.total) for b in self.bufs.values()]]:
-            if b.numel() != n or b.device != self.device:
-                raise RuntimeError("flat=True: a bank buffer was replaced")
+        """The buffers still hold the memory they were made with (only ``p.data._base.data
+        = ...`` could rebind one): RuntimeError otherwise. The kernels get views of them,
+        which keep that memory alive."""
+        buffers = [self.buf, self.gbuf, self.steps, *self.bufs.values()]
+        if list(map(_data_ptr, buffers)) != self.buffer_ptrs[:len(buffers)] or len(
+                buffers) != len(self.buffer_ptrs):
+            raise RuntimeError("flat=True: a buffer of the optimizer's flat storage was "
+                               "rebound (.data = ...); make a new optimizer")
 
     def check_params(self, opt):
         """``p.data = ...`` since the last step: re-adopt or evict (before any write of
@@ -408,6 +412,7 @@ class _Bank:
         if views is None:
             buf = self.bufs[key] = torch.zeros(self.total, dtype=self.dtype,
                                                device=self.device)
+            self.buffer_ptrs.append(buf.data_ptr())
             views = self.state_views[key] = self._views(buf)
             self.bound[key] = [False] * len(self.params)
             self.runs = None
