@@ -211,6 +211,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
     _count_restarted_by = ()  # state keys whose creation resets ``step`` to 0
     _dropped_on_skip = None   # a state key that an AMP-skipped first update must not leave
+    flat = False              # flat storage (``_flat.py``); pickles made before it lack it
 
     # The arguments every optimizer shares, documented once; each class docstring holds
     # the marker "{shared_args}" where they go.
