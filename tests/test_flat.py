@@ -288,7 +288,8 @@ def test_p_data_rebound_other_dtype_and_shape():
     assert _holds(_flat.flat_group(oa, oa.param_groups[0]).rest, ma[0].bias)
 
 
-@pytest.mark.parametrize("how", ["value", "dict", "del", "clear", "data", "step"])
+@pytest.mark.parametrize("how", ["value", "dict", "del", "clear", "data", "step",
+                                 "step_value", "step_number"])
 def test_state_replaced_by_hand(how):
     ma, oa, mb, ob = _twins("adam")
     _both(ma, oa, mb, ob, _plain_step, steps=2)
@@ -306,8 +307,12 @@ def test_state_replaced_by_hand(how):
             o.state[p].clear()
         elif how == "data":
             o.state[p]["exp_avg_sq"].data = torch.full_like(p, 0.5)
-        else:
+        elif how == "step":
             o.state[p]["step"].fill_(7.0)
+        elif how == "step_value":
+            o.state[p]["step"] = torch.tensor(5.0)      # float32, as torch keeps it
+        else:
+            o.state[p]["step"] = 9
     _both(ma, oa, mb, ob, _plain_step, steps=3)
 
 
@@ -716,3 +721,32 @@ def test_a_rebound_buffer_raises_before_any_write():
         oa.step()
     for p, b in zip(ma.parameters(), before):
         _same(p, b)
+
+
+def test_mixed_dtypes_and_groups_and_closure():
+    """Two dtypes in one group (two banks), a second group with its own lr, and
+    ``step(closure)``."""
+    def make(flat):
+        torch.manual_seed(0)
+        a = torch.nn.Linear(4, 3)
+        b = torch.nn.Linear(3, 2).double()
+        c = torch.nn.Linear(2, 2).double()
+        opt = fs.RMSprop([{"params": list(a.parameters()) + list(b.parameters())},
+                          {"params": c.parameters(), "lr": 0.003}], lr=0.01, momentum=0.3,
+                         flat=flat)
+        return (a, b, c), opt
+    (a1, b1, c1), oa = make(True)
+    (a2, b2, c2), ob = make(False)
+    assert len(_banks(oa)) == 3
+    for k in range(4):
+        for (a, b, c), o in (((a1, b1, c1), oa), ((a2, b2, c2), ob)):
+            def closure(a=a, b=b, c=c, o=o, k=k):
+                o.zero_grad()
+                x = _batch(k)[:, :4]
+                loss = c(b(a(x).double())).pow(2).sum()
+                loss.backward()
+                return loss
+            o.step(closure)
+        for x, y in zip([*a1.parameters(), *b1.parameters(), *c1.parameters()],
+                        [*a2.parameters(), *b2.parameters(), *c2.parameters()]):
+            _same(x, y)
