@@ -480,8 +480,10 @@ def test_tied_and_shared_storage_parameters_stay_out():
 
 
 # ------------------------------------------------------------------------ compile
-@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_step_matches_eager(backend):
+    """A compiled ``opt.step()`` with flat=True steps eagerly (a graph break), the same
+    kernel calls as the eager twin's."""
     ma, oa, mb, ob = _twins("adam", backend)
     step = torch.compile(oa.step)
 
