@@ -785,6 +785,8 @@ def live_grads(opt, group, plan_params):
     """The grads a step of ``group`` updates with, in the group's order (the clipping
     norm: the same per-tensor norms as ``flat=False``)."""
     fg = flat_group(opt, group)
+    if fg is None:
+        return [p.grad for p in plan_params]
     rest = {id(p) for p in plan_params}
     out = []
     for p, where in zip(group["params"], fg.where):
