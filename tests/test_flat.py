@@ -296,9 +296,9 @@ def test_state_replaced_by_hand(how):
     for m, o in ((ma, oa), (mb, ob)):
         p = m[2].weight
         if how == "value":
-            old = o.state[p]["exp_avg"]
+            held = [o.state[p]["exp_avg"]]      # the old view stays alive meanwhile
             o.state[p]["exp_avg"] = torch.full_like(p, 0.25)
-            del old
+            held.clear()
         elif how == "dict":
             o.state[p] = {}
         elif how == "del":

@@ -50,7 +50,7 @@ import collections
 import functools
 import operator
 import weakref
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 
 import torch
 
@@ -205,7 +205,6 @@ class _Bank:
         self.buffer_ptrs = [self.buf.data_ptr(), self.gbuf.data_ptr(), self.steps.data_ptr()]
         self.state_views = {}               # state key -> per-param views
         self.dicts = [None] * n             # the state dict each parameter's views are in
-        self.bound = {}                     # state key -> per-param bool: view in dicts[i]
         self.labels = [0] * n               # equal labels: equal counts
         self.derive = False                 # labels to be read back from the counts
         self.version = self.steps._version
@@ -363,8 +362,6 @@ class _Bank:
 
     def _unbind(self, i):
         self.dicts[i] = None
-        for flags in self.bound.values():
-            flags[i] = False
 
     def _rebind(self, i, s):
         """Bind the views of parameter ``i`` into its state dict ``s`` (copying in what
@@ -393,7 +390,6 @@ class _Bank:
                 value = value.clone()
             views[i].copy_(value)
             _put(s, key, views[i])
-            self.bound[key][i] = True
         self.dicts[i] = s
 
     @staticmethod
@@ -414,7 +410,6 @@ class _Bank:
                                                device=self.device)
             self.buffer_ptrs.append(buf.data_ptr())
             views = self.state_views[key] = self._views(buf)
-            self.bound[key] = [False] * len(self.params)
             self.runs = None
         return views
 
@@ -450,7 +445,6 @@ class _Bank:
                     view = self.state_views[key][i]
                     view.zero_()
                     _put(s, key, view)
-                    self.bound[key][i] = True
                     changed = True
                     if key in restart:
                         self.step_views[i].zero_()
