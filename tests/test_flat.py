@@ -753,3 +753,13 @@ def test_mixed_dtypes_and_groups_and_closure():
         for x, y in zip([*a1.parameters(), *b1.parameters(), *c1.parameters()],
                         [*a2.parameters(), *b2.parameters(), *c2.parameters()]):
             _same(x, y)
+
+
+def test_fullgraph_names_the_graph_break():
+    """flat=True steps outside the graph: fullgraph=True refuses the step, naming the
+    eager step (README: torch.compile)."""
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = fs.Adam([p], lr=0.1, flat=True)
+    p.grad = torch.ones(5)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="_eager_step"):
+        torch.compile(opt.step, fullgraph=True)()

@@ -406,6 +406,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # otherwise compile the eager step's functions frame by frame, pointers and all.
         if torch.compiler.is_compiling() and not self._has_complex() and not self.flat:
             return self._run_step(closure, True)
+        if self.flat and torch.compiler.is_compiling():     # see below: a graph break
+            return self._eager_step(closure)
         if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
             return self._run_step(closure, True)
         # Complex parameters: Inductor cannot functionalize an in-place operator on their
