@@ -763,3 +763,18 @@ def test_fullgraph_names_the_graph_break():
     p.grad = torch.ones(5)
     with pytest.raises(torch._dynamo.exc.Unsupported, match="_eager_step"):
         torch.compile(opt.step, fullgraph=True)()
+
+
+def test_momentum_turned_on_mid_run_restarts_counts():
+    """SGD's momentum buffer made mid-run restarts its parameter's count (the kernel's
+    first-step rule): new labels, the same counts as flat=False."""
+    ma, oa, mb, ob = _twins("sgd")
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+    for o in (oa, ob):
+        o.param_groups[0]["momentum"] = 0.9
+
+    def fn(m, o, k):
+        o.zero_grad(set_to_none=True)
+        (m[0](_batch(k)).pow(2).mean() if k == 0 else _loss(m, k)).backward()
+        o.step()
+    _both(ma, oa, mb, ob, fn, steps=3)
