@@ -288,16 +288,17 @@ def test_p_data_rebound_other_dtype_and_shape():
     assert _holds(_flat.flat_group(oa, oa.param_groups[0]).rest, ma[0].bias)
 
 
-@pytest.mark.parametrize("how", ["value", "dict", "del", "clear", "data", "step"])
+@pytest.mark.parametrize("how", ["value", "dict", "del", "clear", "data", "step",
+                                 "step_value", "step_number"])
 def test_state_replaced_by_hand(how):
     ma, oa, mb, ob = _twins("adam")
     _both(ma, oa, mb, ob, _plain_step, steps=2)
     for m, o in ((ma, oa), (mb, ob)):
         p = m[2].weight
         if how == "value":
-            old = o.state[p]["exp_avg"]
+            held = [o.state[p]["exp_avg"]]      # the old view stays alive meanwhile
             o.state[p]["exp_avg"] = torch.full_like(p, 0.25)
-            del old
+            held.clear()
         elif how == "dict":
             o.state[p] = {}
         elif how == "del":
@@ -306,8 +307,12 @@ def test_state_replaced_by_hand(how):
             o.state[p].clear()
         elif how == "data":
             o.state[p]["exp_avg_sq"].data = torch.full_like(p, 0.5)
-        else:
+        elif how == "step":
             o.state[p]["step"].fill_(7.0)
+        elif how == "step_value":
+            o.state[p]["step"] = torch.tensor(5.0)      # float32, as torch keeps it
+        else:
+            o.state[p]["step"] = 9
     _both(ma, oa, mb, ob, _plain_step, steps=3)
 
 
@@ -427,12 +432,11 @@ def test_clipping():
 
 
 def test_master_weights_keep_bf16_out_of_the_bank():
-    ma, oa, mb, ob = _twins("adamw", master_weights=True)
-    for m in (ma, mb):
+    """A bf16 layer with master_weights: its parameters are lifted to fp32 copies and
+    stepped per tensor; the fp32 layers are banked."""
+    ma2, mb2 = _model(), _model()
+    for m in (ma2, mb2):
         m[2].to(torch.bfloat16)
-    for o in (oa, ob):      # the optimizers were made before the cast: new ones
-        pass
-    ma2, mb2 = ma, mb
     oa = fs.AdamW(ma2.parameters(), lr=1e-2, master_weights=True, flat=True)
     ob = fs.AdamW(mb2.parameters(), lr=1e-2, master_weights=True)
 
@@ -461,7 +465,8 @@ def test_tied_and_shared_storage_parameters_stay_out():
     pa, oa = make(base_a, True)
     pb, ob = make(base_b, False)
     (bank,) = _banks(oa)
-    assert [p is pa[2] for p in bank.params] == [True, True] or len(bank.params) == 2
+    members = [p for _, p in bank.members()]       # the two views of base stay out
+    assert len(members) == 2 and members[0] is pa[0] and members[1] is pa[2]
     for k in range(3):
         for ps, o in ((pa, oa), (pb, ob)):
             o.zero_grad(set_to_none=True)
@@ -475,8 +480,10 @@ def test_tied_and_shared_storage_parameters_stay_out():
 
 
 # ------------------------------------------------------------------------ compile
-@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_step_matches_eager(backend):
+    """A compiled ``opt.step()`` with flat=True steps eagerly (a graph break), the same
+    kernel calls as the eager twin's."""
     ma, oa, mb, ob = _twins("adam", backend)
     step = torch.compile(oa.step)
 
@@ -703,3 +710,70 @@ def test_tied_weights_in_two_modules():
         m["head"](m["emb"](ids)).logsumexp(-1).mean().backward()
         o.step()
     _both(ma, oa, mb, ob, fn, steps=4)
+
+
+def test_a_rebound_buffer_raises_before_any_write():
+    ma, oa, mb, ob = _twins("adam")
+    _both(ma, oa, mb, ob, _plain_step, steps=1)
+    (bank,) = _banks(oa)
+    before = [p.detach().clone() for p in ma.parameters()]
+    bank.buf.data = torch.zeros_like(bank.buf)
+    _loss(ma, 1).backward()
+    with pytest.raises(RuntimeError, match="flat storage was rebound"):
+        oa.step()
+    for p, b in zip(ma.parameters(), before):
+        _same(p, b)
+
+
+def test_mixed_dtypes_and_groups_and_closure():
+    """Two dtypes in one group (two banks), a second group with its own lr, and
+    ``step(closure)``."""
+    def make(flat):
+        torch.manual_seed(0)
+        a = torch.nn.Linear(4, 3)
+        b = torch.nn.Linear(3, 2).double()
+        c = torch.nn.Linear(2, 2).double()
+        opt = fs.RMSprop([{"params": list(a.parameters()) + list(b.parameters())},
+                          {"params": c.parameters(), "lr": 0.003}], lr=0.01, momentum=0.3,
+                         flat=flat)
+        return (a, b, c), opt
+    (a1, b1, c1), oa = make(True)
+    (a2, b2, c2), ob = make(False)
+    assert len(_banks(oa)) == 3
+    for k in range(4):
+        for (a, b, c), o in (((a1, b1, c1), oa), ((a2, b2, c2), ob)):
+            def closure(a=a, b=b, c=c, o=o, k=k):
+                o.zero_grad()
+                x = _batch(k)[:, :4]
+                loss = c(b(a(x).double())).pow(2).sum()
+                loss.backward()
+                return loss
+            o.step(closure)
+        for x, y in zip([*a1.parameters(), *b1.parameters(), *c1.parameters()],
+                        [*a2.parameters(), *b2.parameters(), *c2.parameters()]):
+            _same(x, y)
+
+
+def test_fullgraph_names_the_graph_break():
+    """flat=True steps outside the graph: fullgraph=True refuses the step, naming the
+    eager step (README: torch.compile)."""
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = fs.Adam([p], lr=0.1, flat=True)
+    p.grad = torch.ones(5)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="_eager_step"):
+        torch.compile(opt.step, fullgraph=True)()
+
+
+def test_momentum_turned_on_mid_run_restarts_counts():
+    """SGD's momentum buffer made mid-run restarts its parameter's count (the kernel's
+    first-step rule): new labels, the same counts as flat=False."""
+    ma, oa, mb, ob = _twins("sgd")
+    _both(ma, oa, mb, ob, _plain_step, steps=2)
+    for o in (oa, ob):
+        o.param_groups[0]["momentum"] = 0.9
+
+    def fn(m, o, k):
+        o.zero_grad(set_to_none=True)
+        (m[0](_batch(k)).pow(2).mean() if k == 0 else _loss(m, k)).backward()
+        o.step()
+    _both(ma, oa, mb, ob, fn, steps=3)

@@ -213,6 +213,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     algorithm = None          # "sgd", "rmsprop" or "adam": the kernel module name
     _count_restarted_by = ()  # state keys whose creation resets ``step`` to 0
     _dropped_on_skip = None   # a state key that an AMP-skipped first update must not leave
+    flat = False              # flat storage (``_flat.py``); pickles made before it lack it
 
     # The arguments every optimizer shares, documented once; each class docstring holds
     # the marker "{shared_args}" where they go.
@@ -429,6 +430,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # otherwise compile the eager step's functions frame by frame, pointers and all.
         if torch.compiler.is_compiling() and not self._has_complex() and not self.flat:
             return self._run_step(closure, True)
+        if self.flat and torch.compiler.is_compiling():     # see below: a graph break
+            return self._eager_step(closure)
         if _validate.fake_mode_active():    # FakeTensorMode: no pointers, no values to read
             return self._run_step(closure, True)
         if _eval_frame_callback() is None:

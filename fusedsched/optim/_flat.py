@@ -50,7 +50,7 @@ import collections
 import functools
 import operator
 import weakref
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 
 import torch
 
@@ -202,9 +202,9 @@ class _Bank:
         self.steps = torch.zeros(n, dtype=torch.float64, device=device)
         self.step_views = list(self.steps.unbind())
         self.bufs = {}                      # state key -> buffer
+        self.buffer_ptrs = [self.buf.data_ptr(), self.gbuf.data_ptr(), self.steps.data_ptr()]
         self.state_views = {}               # state key -> per-param views
         self.dicts = [None] * n             # the state dict each parameter's views are in
-        self.bound = {}                     # state key -> per-param bool: view in dicts[i]
         self.labels = [0] * n               # equal labels: equal counts
         self.derive = False                 # labels to be read back from the counts
         self.version = self.steps._version
@@ -252,11 +252,14 @@ class _Bank:
 
     # -- the checks of a step -----------------------------------------------------------
     def check_buffers(self):
-        """The buffers are the bank's (nothing rebound them): RuntimeError otherwise."""
-        for b, n in [(self.buf, self.total), (self.gbuf, self.total), *[
-                (b, self.total) for b in self.bufs.values()]]:
-            if b.numel() != n or b.device != self.device:
-                raise RuntimeError("flat=True: a bank buffer was replaced")
+        """The buffers still hold the memory they were made with (only ``p.data._base.data
+        = ...`` could rebind one): RuntimeError otherwise. The kernels get views of them,
+        which keep that memory alive."""
+        buffers = [self.buf, self.gbuf, self.steps, *self.bufs.values()]
+        if list(map(_data_ptr, buffers)) != self.buffer_ptrs[:len(buffers)] or len(
+                buffers) != len(self.buffer_ptrs):
+            raise RuntimeError("flat=True: a buffer of the optimizer's flat storage was "
+                               "rebound (.data = ...); make a new optimizer")
 
     def check_params(self, opt):
         """``p.data = ...`` since the last step: re-adopt or evict (before any write of
@@ -359,8 +362,6 @@ class _Bank:
 
     def _unbind(self, i):
         self.dicts[i] = None
-        for flags in self.bound.values():
-            flags[i] = False
 
     def _rebind(self, i, s):
         """Bind the views of parameter ``i`` into its state dict ``s`` (copying in what
@@ -389,7 +390,6 @@ class _Bank:
                 value = value.clone()
             views[i].copy_(value)
             _put(s, key, views[i])
-            self.bound[key][i] = True
         self.dicts[i] = s
 
     @staticmethod
@@ -408,8 +408,8 @@ class _Bank:
         if views is None:
             buf = self.bufs[key] = torch.zeros(self.total, dtype=self.dtype,
                                                device=self.device)
+            self.buffer_ptrs.append(buf.data_ptr())
             views = self.state_views[key] = self._views(buf)
-            self.bound[key] = [False] * len(self.params)
             self.runs = None
         return views
 
@@ -445,7 +445,6 @@ class _Bank:
                     view = self.state_views[key][i]
                     view.zero_()
                     _put(s, key, view)
-                    self.bound[key][i] = True
                     changed = True
                     if key in restart:
                         self.step_views[i].zero_()
@@ -780,6 +779,8 @@ def live_grads(opt, group, plan_params):
     """The grads a step of ``group`` updates with, in the group's order (the clipping
     norm: the same per-tensor norms as ``flat=False``)."""
     fg = flat_group(opt, group)
+    if fg is None:
+        return [p.grad for p in plan_params]
     rest = {id(p) for p in plan_params}
     out = []
     for p, where in zip(group["params"], fg.where):
