@@ -142,6 +142,22 @@ def _lerp(a, b, w):
     return out
 
 
+# The arguments every kernel takes, in this order (each kernel documents its tab_ptr
+# columns):
+#
+#   tab_ptr,    *int64 [n_tensors, ROW]: per tensor its numel, then the addresses of the
+#               param, the grad, up to three state tensors (0 where the variant has none)
+#               and the tensor's 0-dim fp64 step
+#   blk_ptr,    *int64 [n_programs, 2]: per program its tensor index and first element
+#   hp_ptr,     *fp64: the hyperparameter buffer (the kernel module's HP_* slots)
+#   prog_ptr,   *fp64 [n_nodes, NODE_SIZE]: the schedule program (schedule_encoding)
+#   n_nodes,    int: the program's rows (not specialised: no recompile per schedule)
+#   pos_ptr,    *fp64, one element: the schedule position t of this update
+#   gs_ptr,     *fp32, one element: GradScaler's scale (read if HAS_GRAD_SCALE)
+#   fi_ptr,     *fp32, one element: found_inf; nonzero skips all writes (if HAS_FOUND_INF)
+#   DTYPE, BLOCK, ALIGNED: the tensors' element type, elements per program, whether every
+#               address is 16-byte aligned (128-bit accesses); then the variant's flags.
+#
 # The kernel skeleton every algorithm shares. A kernel is
 #
 #     if _proceed(fi_ptr, HAS_FOUND_INF):

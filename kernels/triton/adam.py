@@ -50,15 +50,7 @@ def adam_kernel(
         tab_ptr,    # *int64 [n_tensors, ROW]: per tensor its numel, then the addresses of
                     #   the param, the grad, exp_avg, exp_avg_sq, max_exp_avg_sq (0 without
                     #   amsgrad) and the tensor's 0-dim fp64 step
-        blk_ptr,    # *int64 [n_programs, 2]: per program its tensor index and first element
-        hp_ptr,     # *fp64: the hyperparameter buffer (HP_* slots)
-        prog_ptr,   # *fp64 [n_nodes, NODE_SIZE]: the schedule program (schedule_encoding)
-        n_nodes,    # int: the program's rows (not specialised: no recompile per schedule)
-        pos_ptr,    # *fp64, one element: the schedule position t of this update
-        gs_ptr,     # *fp32, one element: GradScaler's scale (read if HAS_GRAD_SCALE)
-        fi_ptr,     # *fp32, one element: found_inf, nonzero skips all writes (if HAS_FOUND_INF)
-        # DTYPE: the tensors' element type; BLOCK: elements per program; ALIGNED: every
-        # address is 16-byte aligned (128-bit accesses); the rest: the variant's flags
+        blk_ptr, hp_ptr, prog_ptr, n_nodes, pos_ptr, gs_ptr, fi_ptr,   # as every kernel's
         DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
         AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr,
         HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr):
