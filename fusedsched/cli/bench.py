@@ -15,9 +15,9 @@ For each workload (an optimizer, a dtype and a list of parameter shapes) the pro
 are timed **interleaved** in one process: round-robin over the providers for several
 rounds, each measurement a ``torch.utils.benchmark.Timer.blocked_autorange`` median, the
 result the median over rounds. Ratios (to the roof, to each torch path) are of same-run
-times only (these machines drift between runs; same-run ratios hold). The torch optimizers
-and fusedsched step the same parameter and gradient tensors (each keeps its own state); the
-roof has its own tensors. Workloads too big for all providers' state at once in the free
+times only (these machines drift between runs; same-run ratios hold). Each provider steps its
+own copy of the same parameters and gradients (same seed, so a provider's NaN is its own)
+and keeps its own state; the roof has its own tensors. Workloads too big for all providers' state at once in the free
 memory run one provider at a time, each interleaved with the roof.
 
 Also measured, in fresh subprocesses: ``import torch`` and then ``import fusedsched`` times;
