@@ -111,8 +111,8 @@ def fma(typingctx, x, y, z):
 def sqrt(typingctx, x):
     """IEEE square root (``llvm.sqrt``; ``vsqrtps`` per vector in the loops). Not
     ``math.sqrt``: Numba lowers that to a call of libm's ``sqrtf``, which may set errno, so
-    LLVM keeps it a scalar call and the loop around it does not vectorise (measured: Adam's
-    one-pass loop ran at 4.9 ns per element from L1 with it)."""
+    LLVM keeps it a scalar call and the loop around it does not vectorise (bench/results/
+    numba_decisions.md)."""
     if not isinstance(x, types.Float):
         return None
 
@@ -144,9 +144,8 @@ def lerp(start, end, w, one_m_w, small_w):
 # * "torch": bit-identical to torch's for-loop optimizers. torch's CPU ``Tensor.sqrt()`` of
 #   a contiguous float32/float64 tensor is MKL's vector sqrt (ATen/cpu/vml.h: vmsSqrt /
 #   vmdSqrt, mode VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE), which is not correctly
-#   rounded: measured on this AMD EPYC (AVX2) with torch 2.14.1, 14-20% of float32 and 1.2%
-#   of float64 square roots differ by 1 ulp from IEEE sqrt (position independent; LA/HA/EP
-#   modes identical). The kernels then take the square roots of each block of BLOCK
+#   rounded: a share of float32 and float64 square roots differ by 1 ulp from IEEE sqrt
+#   (position independent; LA/HA/EP modes identical; bench/results/numba_decisions.md). The kernels then take the square roots of each block of BLOCK
 #   elements through the same MKL function (exported by libtorch_cpu); without MKL in
 #   torch, torch's sqrt is IEEE (``_mm256_sqrt_ps``) and the kernels use ``math.sqrt``.
 #   ``sqrt_fns()`` picks, checked once per process against ``torch.sqrt`` on probe values.
@@ -154,10 +153,9 @@ def lerp(start, end, w, one_m_w, small_w):
 #   scalars, lr * f(t) and the bias corrections, come from Numba's pow / cos / sqrt here and
 #   from torch's and Python's there, and only a float32 update uses them rounded to float32.
 #
-# Why "ieee" is the default: MKL's sqrt costs 0.66-0.81 ns per element per thread
-# (measured, 16M float32, one thread), ~4 ms per step of Adam on 1e7 fp32 on 2 threads,
-# where the whole step at the memory roof takes ~7 ms; with it, Adam ran at 0.44-0.54x
-# torch fused. Choose "torch" with the environment variable FUSEDSCHED_SQRT=torch (read at
+# Why "ieee" is the default: MKL's sqrt, a call per block, costs about half of a whole
+# memory-bound Adam step again, so "torch" mode runs well below torch fused's speed
+# (bench/results/numba_decisions.md). Choose "torch" with the environment variable FUSEDSCHED_SQRT=torch (read at
 # import) or ``set_sqrt_mode("torch")``.
 
 SQRT_MODES = ("ieee", "torch")
@@ -292,9 +290,8 @@ def _ol_tmp(marker):
 # With F16C (x86 since 2012; checked in the host CPU's features, as Numba compiles for the
 # host) the float16 conversions are LLVM's fpext / fptrunc of ``half``: one vcvtph2ps /
 # vcvtps2ph per 8 lanes, round to nearest even, subnormals exact; NaNs stay NaNs (payload
-# quieted). Measured on Adam 1e7 float16 (2 threads, same process): with the integer
-# versions below 29-32 ms per step against torch fused's 9.0-9.6 ms (0.3x); with F16C
-# 8.5-10.2 ms against 9.6-9.7 ms (1.0-1.1x). Without F16C, LLVM would lower ``half`` to
+# quieted). The integer versions below run float16 Adam at about a third of torch fused's
+# speed, F16C at par (bench/results/numba_decisions.md). Without F16C, LLVM would lower ``half`` to
 # libcalls that Numba's JIT does not link, so the integer versions stay for those CPUs
 # (tests/test_numba_kernels.py compiles both and compares them bit for bit).
 _F16C = "+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
@@ -617,7 +614,8 @@ _MARKERS = {
 
 _threads_set = None
 
-# Threads (checked on this 2-core AMD EPYC, torch 2.14.1+cu130, numba 0.68.1, omp layer):
+# Threads (torch 2.14 with its bundled libgomp, numba 0.68, omp layer; the observations
+# behind these points are in bench/results/numba_decisions.md):
 #
 # * There is ONE OpenMP pool, torch's. numba's omppool.so is linked against the system
 #   libgomp.so.1.0.0, which does get loaded, but torch loads its bundled libgomp.so.1 into
@@ -627,16 +625,13 @@ _threads_set = None
 #   Numba's parallel kernels run on torch's worker threads; numba.set_num_threads sets
 #   torch's OpenMP ICV (hence n = torch.get_num_threads() below).
 # * So setting GOMP_SPINCOUNT / OMP_WAIT_POLICY "for numba's libgomp only" (while its pool
-#   starts) changes nothing: tried, OMP_DISPLAY_ENV=VERBOSE showed the system copy at
-#   GOMP_SPINCOUNT 0, yet torch's worker still burned ~7 ms of CPU after every 1M-element
-#   parallel step (per-thread /proc CPU ticks) -- torch's own spin (GOMP_SPINCOUNT default
-#   300000), the same after a torch op. Only a process-wide OMP_WAIT_POLICY=PASSIVE /
-#   GOMP_SPINCOUNT=0 (user's choice, set before ``import torch``) stops it: burn 7 -> 0.07 ms.
-#   Wall-clock pairs (numba step; torch for-loop step) on this shared machine (load ~6) are
-#   bimodal (torch 2 ms .. 800 ms for the same step) and showed no reliable difference.
-# * Steps <= SERIAL_MAX never launch the pool. ``workqueue`` costs 30-80 us per launch (vs
-#   2-3 us for omp); ``tbb`` is pip-installable (tbb 2023.2.0 wheel) but not a dependency;
-#   omp stays first.
+#   starts) changes nothing: torch's workers keep spinning after a parallel step (torch's
+#   own GOMP_SPINCOUNT default), as after a torch op. Only a process-wide
+#   OMP_WAIT_POLICY=PASSIVE / GOMP_SPINCOUNT=0 (the user's choice, set before
+#   ``import torch``) stops the spin.
+# * Steps <= SERIAL_MAX never launch the pool. ``workqueue`` costs an order of magnitude
+#   more per launch than omp; ``tbb`` is pip-installable but not a dependency; omp stays
+#   first.
 
 
 def setup_threads():
