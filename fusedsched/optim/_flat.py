@@ -325,7 +325,7 @@ class _Bank:
         raises (``_check_state``'s errors), before any write. Checked in full when the
         optimizer's state marked itself changed (``_State``) or a state buffer's use count
         moved (``state[p][key].data = ...``)."""
-        from ._base import _check_state
+        from ._plan import _check_state
         if self.steps._version != self.version:
             self.derive = True      # a count edited by hand
         if (not state.changed[0] and state is self.state and not self.unsettled
