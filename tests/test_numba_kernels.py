@@ -556,7 +556,7 @@ def test_f16c_and_integer_half_conversions_agree(monkeypatch):
     float32 values across the range (round to nearest even, subnormals, overflow); NaNs
     stay NaNs."""
     import numba
-    from fusedsched.kernels.numba import _common
+    from fusedsched.kernels.numba import _common, _half
 
     def build():
         @numba.njit
@@ -577,7 +577,7 @@ def test_f16c_and_integer_half_conversions_agree(monkeypatch):
                                          np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)])
     results = []
     for f16c in (True, False):
-        monkeypatch.setattr(_common, "_F16C", f16c)
+        monkeypatch.setattr(_half, "_F16C", f16c)
         widen, narrow = build()
         wide, short = np.empty(65536, np.float32), np.empty(floats.shape, np.uint16)
         widen(halves, wide)

@@ -1,9 +1,9 @@
-"""The Numba backend's address tables: ``_common.pack``'s int64 table (one row per tensor:
+"""The Numba backend's address tables: ``_host.pack``'s int64 table (one row per tensor:
 the data pointers of param, grad, each state tensor, and the address of its 0-dim float64
 step) and element offsets, cached across steps by the rule of ``address_table``."""
 
 from ..address_table import TableCache
-from ._common import pack
+from ._host import pack
 
 
 def _build(params, grads, states, steps):

@@ -4,9 +4,6 @@ order). Deliberate deviation from torch, as in the reference: the centered varia
 ``square_avg - grad_avg**2`` is clamped at 0 before the square root (FastNN#12).
 """
 
-import math
-
-import numpy as np
 from numba import njit
 from numba.extending import overload
 

@@ -4,7 +4,6 @@ order). The momentum buffer takes the gradient itself on a tensor's first applie
 (``step == 0``).
 """
 
-import numpy as np
 from numba import njit
 
 from . import _launch as tables

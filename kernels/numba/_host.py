@@ -1,0 +1,160 @@
+"""The host side of a kernel call: storage markers, the address table's packing and checks
+(``pack``), the hyperparameter buffer, the schedule/position/AMP arguments, and the thread
+pool's set-up (one OpenMP pool: torch's)."""
+
+import os
+
+import numba
+import numpy as np
+import torch
+
+from ._walk import chunk_size
+
+
+# ------------------------------------------------------------------ Python-side packing
+
+_MARKERS = {
+    torch.float32: np.float32(0),
+    torch.float64: np.float64(0),
+    torch.float16: np.uint16(0),
+    torch.bfloat16: np.int16(0),
+}
+
+_threads_set = None
+
+# Threads (torch 2.14 with its bundled libgomp, numba 0.68, omp layer; the observations
+# behind these points are in bench/results/numba_decisions.md):
+#
+# * There is ONE OpenMP pool, torch's. numba's omppool.so is linked against the system
+#   libgomp.so.1.0.0, which does get loaded, but torch loads its bundled libgomp.so.1 into
+#   the global symbol scope first (``import torch`` above), so omppool's GOMP_parallel,
+#   omp_get_thread_num, omp_set_num_threads, ... bind to torch's runtime (LD_DEBUG=bindings;
+#   only omp_get_supported_active_levels, missing in torch's copy, binds to the system one).
+#   Numba's parallel kernels run on torch's worker threads; numba.set_num_threads sets
+#   torch's OpenMP ICV (hence n = torch.get_num_threads() below).
+# * So setting GOMP_SPINCOUNT / OMP_WAIT_POLICY "for numba's libgomp only" (while its pool
+#   starts) changes nothing: torch's workers keep spinning after a parallel step (torch's
+#   own GOMP_SPINCOUNT default), as after a torch op. Only a process-wide
+#   OMP_WAIT_POLICY=PASSIVE / GOMP_SPINCOUNT=0 (the user's choice, set before
+#   ``import torch``) stops the spin.
+# * Steps <= SERIAL_MAX never launch the pool. ``workqueue`` costs an order of magnitude
+#   more per launch than omp; ``tbb`` is pip-installable but not a dependency; omp stays
+#   first.
+
+
+def setup_threads():
+    """Numba's pool follows ``torch.get_num_threads()``. The threading layer defaults to
+    OpenMP first (unless NUMBA_THREADING_LAYER chooses), then TBB, then workqueue; numba
+    fixes the layer at the first parallel launch of the process. Returns the thread
+    count."""
+    global _threads_set
+    if _threads_set is None and "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if n != _threads_set:
+        numba.set_num_threads(n)
+        _threads_set = n
+    return n
+
+
+def hyper_buffer(signature, hyper):
+    """float64[len(signature.values)]: the numeric hyperparameters of ``hyper`` (floats or
+    one-element CPU tensors) in the declaration's order (``ops.Signature.pack``), which the
+    kernels read at their ``HP_*`` slots."""
+    return np.array([float(v) for v in signature.pack(hyper)], dtype=np.float64)
+
+
+def marker_of(params):
+    dtype = params[0].dtype
+    try:
+        return _MARKERS[dtype]
+    except KeyError:
+        raise TypeError(f"numba backend: unsupported dtype {dtype}") from None
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)   # a wrapper subclass's data_ptr() is 0
+
+
+def pack(params, lists, steps):
+    """(address table int64[n, len(lists) + 2], offsets int64[n + 1]).
+
+    Columns: params, then each list of ``lists`` (None -> address 0), then ``steps``.
+    Checks what the raw-pointer kernel relies on: CPU, one dtype, contiguous, equal sizes.
+    """
+    n = len(params)
+    k = len(lists)
+    rows = []
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    dtype = params[0].dtype
+    total = 0
+    for i in range(n):
+        p = params[i]
+        numel = p.numel()
+        row = [p.data_ptr()]
+        cols = [p]
+        for lst in lists:
+            if lst is None:
+                row.append(0)
+            else:
+                t = lst[i]
+                cols.append(t)
+                row.append(t.data_ptr())
+        for t in cols:
+            if (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != dtype
+                    or t.numel() != numel or not t.is_contiguous()
+                    or (numel and not t.data_ptr())):
+                raise ValueError(
+                    "numba backend: every tensor must be a plain (not a subclass), "
+                    "contiguous CPU tensor of the "
+                    f"params' dtype and size (tensor {i}: {t.device}, {t.dtype}, "
+                    f"{tuple(t.shape)}, expected {dtype} numel {numel})")
+        s = steps[i]
+        if s.device.type != "cpu" or s.dtype != torch.float64 or s.numel() != 1:
+            raise ValueError(f"numba backend: steps[{i}] must be a CPU float64 scalar tensor")
+        row.append(s.data_ptr())
+        rows.append(row)
+        total += numel
+        offsets[i + 1] = total
+    table = np.array(rows, dtype=np.int64).reshape(n, k + 2)
+    return table, offsets
+
+
+# The checks that run on every step read ``is_cpu``, a flag, not ``device.type``, which
+# builds a torch.device object at each read (several times the cost of the flag).
+
+def check_counter(t, name):
+    if not t.is_cpu or t.dtype != torch.float64 or t.numel() != 1 or not t.is_contiguous():
+        raise ValueError(f"numba backend: {name} must be a contiguous CPU float64 tensor")
+
+
+def program_args(schedule, position):
+    """(program address, n_nodes, position address) for the kernel."""
+    check_counter(position, "position")
+    if (not schedule.is_cpu or schedule.dtype != torch.float64 or schedule.dim() != 2
+            or not schedule.is_contiguous()):
+        raise ValueError("numba backend: schedule must be a contiguous CPU float64 (n, NODE_SIZE) table")
+    return schedule.data_ptr(), schedule.shape[0], position.data_ptr()
+
+
+def amp_args(grad_scale, found_inf):
+    """(has_grad_scale, grad_scale, found_inf) as plain values (CPU: no sync to avoid)."""
+    gs = 1.0 if grad_scale is None else float(grad_scale)
+    skip = False if found_inf is None else float(found_inf) != 0.0
+    return grad_scale is not None, gs, skip
+
+
+def use_pool(offsets, serial_max):
+    """The chunk size (``chunk_size``) when a step of this table runs on the thread pool
+    (then set up here), 0 when it runs serially: steps of at most ``serial_max`` elements
+    (the algorithm module's SERIAL_MAX) do."""
+    total = int(offsets[-1])
+    if total <= serial_max:
+        return 0
+    return chunk_size(total, setup_threads())
+
+
+def empty_step(schedule, position, advance_position):
+    """A step without tensors: only the position moves."""
+    program_args(schedule, position)
+    if advance_position:
+        position.add_(1.0)

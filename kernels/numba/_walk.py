@@ -1,0 +1,149 @@
+"""The walk every kernel shares: a step's tensors cut into chunks (serial up to
+``SERIAL_MAX`` elements, else equal chunks on the thread pool), the per-tensor callback
+(``make_walk``), and the counters (``position_at``, ``read_steps``, ``finish``)."""
+
+import numpy as np
+from numba import njit, prange
+
+from ._llvm import JIT, f64_at
+from ._sqrt import tmp
+
+
+# Elements per parallel work item, at most. Chunks run over the concatenation of all tensors
+# of the call, so a list of many small tensors packs into few chunks. A parallel step cuts
+# the concatenation into equal chunks, as many as a multiple of the thread count
+# (``chunk_size``): the pool's static schedule then gives every thread the same number of
+# elements. With fixed CHUNK-element chunks a step of 1e5 elements on 2 threads split
+# 65536 / 34464 and took the time of the larger share.
+CHUNK = 1 << 16
+# Chunk sizes are multiples of this many elements (a cache line and more of any storage
+# dtype): two threads never write one line, and each chunk's loop starts on a vector.
+ALIGN = 64
+
+
+# Steps of at most this many elements (all tensors of the call) run serially in the calling
+# thread and never touch the thread pool, where waking it costs about what a second thread
+# saves. Above it the pool pays: a cache-resident step is bound by the arithmetic (Adam: a
+# square root and two divisions per element, on the divider), which a second thread
+# halves, and from about 1e5 fp32 Adam elements the step's arrays outgrow one core's L2
+# while each thread's share fits its own. Measured on 2 cores (serial against the pool with
+# equal chunks, Adam, SGD momentum, RMSprop): the serial walk wins at 1e4 elements, the pool
+# from 3e4 (bench/results/cpu_sweep). It was 1 << 18, with fixed CHUNK-element chunks that
+# left a 1e5-element step's second thread half idle.
+SERIAL_MAX = 1 << 15
+PJIT = dict(cache=True, error_model="numpy", parallel=True)
+
+
+@njit(**JIT)
+def n_chunks(offsets, chunk):
+    return (offsets[offsets.shape[0] - 1] + chunk - 1) // chunk
+
+
+def chunk_size(total, threads):
+    """The chunk of a parallel step of ``total`` elements on ``threads`` threads: at most
+    about CHUNK elements, a multiple of ALIGN, all chunks of one size but the last (at most
+    ALIGN - 1 elements per chunk shorter), and as many (``n_chunks``) as a multiple of
+    ``threads`` while a chunk holds more ALIGN-element lines than there are chunks
+    (steps up to about CHUNK * CHUNK / ALIGN elements); beyond, the rounding to ALIGN may
+    leave a thread one chunk of a thousand fewer."""
+    chunks = -(-total // CHUNK)
+    chunks += -chunks % threads
+    size = -(-total // chunks)
+    return size + -size % ALIGN
+
+
+@njit(**JIT)
+def first_tensor(offsets, lo):
+    """Index of the tensor holding global element ``lo`` (empty tensors are skipped)."""
+    return np.searchsorted(offsets, lo, side="right") - 1
+
+
+# ------------------------------------------------------------------- the shared walk
+#
+# Each algorithm module supplies only its math: ``_scalars`` (the step's scalars, ``sc``)
+# and ``_tensor(ptrs, i, size, a, b, sc, flags, scratch, marker)``, which updates elements
+# [a, b) of tensor ``i`` (``size`` elements; ``flags``: the algorithm's runtime flags,
+# ``scratch``: a ``tmp`` array private to the calling thread), and makes its walk at import
+# with ``make_walk(_tensor)``. Its one entry point reads the position, computes ``sc`` and
+# calls the walk.
+#
+# Why a factory: ``_tensor`` is a closure constant there, so the call to it is a direct call
+# (compiled once per algorithm x dtype, as before; the vectorised loops are all inside the
+# algorithm's own ``_segment``). Passing ``_tensor`` as an argument instead works for the
+# serial walk, but inside a ``prange`` it makes the caller use dynamic globals, and Numba
+# then refuses to cache it. The walks are not cached themselves: they are compiled into,
+# and cached with, each algorithm's entry point (``cache=True``; checked: a second process
+# loads it from the cache).
+
+WALK = dict(error_model="numpy")
+
+
+def make_walk(tensor):
+    """``walk(parallel, ptrs, offsets, sc, flags, marker)`` over every tensor of the table
+    with the algorithm's ``tensor`` function (no compilation here: lazy dispatchers)."""
+
+    @njit(parallel=True, **WALK)
+    def walk_parallel(ptrs, offsets, sc, flags, marker, chunk):
+        """Parallel over ``chunk``-element chunks of the concatenated tensors; a chunk
+        updates the pieces of the tensors it overlaps."""
+        n = ptrs.shape[0]
+        total = offsets[n]
+        for c in prange(n_chunks(offsets, chunk)):
+            scratch = tmp(marker)
+            lo = c * chunk
+            hi = min(lo + chunk, total)
+            i = first_tensor(offsets, lo)
+            while i < n and offsets[i] < hi:
+                start = offsets[i]
+                a = max(lo, start) - start
+                b = min(hi, offsets[i + 1]) - start
+                if b > a:
+                    tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, flags, scratch, marker)
+                i += 1
+
+    @njit(**WALK)
+    def walk(chunk, ptrs, offsets, sc, flags, marker):
+        """``walk_parallel`` in chunks of ``chunk`` elements if ``chunk`` is not 0 (see
+        ``use_pool``), else the same in the calling thread, tensor by tensor."""
+        if chunk > 0:
+            walk_parallel(ptrs, offsets, sc, flags, marker, chunk)
+        else:
+            scratch = tmp(marker)
+            for i in range(ptrs.shape[0]):
+                start = offsets[i]
+                size = offsets[i + 1] - start
+                if size > 0:
+                    # start - start: int64 like walk_parallel's a (a literal 0 would give
+                    # ``tensor`` a second specialisation)
+                    tensor(ptrs, i, size, start - start, size, sc, flags, scratch, marker)
+
+    return walk
+
+
+@njit(**JIT)
+def position_at(pos_addr):
+    """(the ``position`` array, its value t)."""
+    pos = f64_at(pos_addr)
+    return pos, pos[0]
+
+
+
+@njit(**JIT)
+def read_steps(ptrs, column):
+    """The per-tensor ``step`` values (float64) read through the address column."""
+    n = ptrs.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = f64_at(ptrs[i, column])[0]
+    return out
+
+
+@njit(**JIT)
+def finish(ptrs, column, found_inf, pos, t, advance_position):
+    """Counters after the update: each ``step`` += 1 unless skipped; ``position`` += 1."""
+    if not found_inf:
+        for i in range(ptrs.shape[0]):
+            s = f64_at(ptrs[i, column])
+            s[0] = s[0] + 1.0
+    if advance_position:
+        pos[0] = t + 1.0
