@@ -332,9 +332,12 @@ def test_bench_sweep_rows_targets_and_plot(tmp_path):
     records = []
     for n in (10**3, 10**4):
         wl = B.Workload(f"adam float32 1x{n}", "adam", "float32", [(n,)])
-        times = {k: [n * 1e-9 * f] for k, f in (("roof", 1), ("fused", 4), ("fusedsched", 2))}
+        times = {k: [n * 1e-9 * f] for k, f in (("roof", 1), ("fused", 4), ("fusedsched", 2),
+                                               ("flat", 2))}   # a row marked flat
         records.append(B.summarize(wl, times, {}, {}, False))
     machine = {"cpu": "cpu", "torch_threads": 2, "torch": "x"}
+    assert all("flat" in r["providers"] for r in records)
     assert B.write_sweep_png(tmp_path / "s.png", records, machine)
+    assert B.write_png(tmp_path / "g.png", records, machine)
     assert (tmp_path / "s.png").stat().st_size > 0
     assert not B.write_sweep_png(tmp_path / "t.png", records[:1], machine)

@@ -672,55 +672,20 @@ def write_csv(path: Path, records: list[dict]) -> None:
                             "" if speed is None else f"{speed:.4g}"])
 
 
-def write_png(path: Path, records: list[dict], machine: dict) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    singles = [r for r in records if r["kind"] == "single" and r["dtype"] == "float32"]
-    opts = [o for o in OPTIMIZERS if any(r["optimizer"] == o for r in singles)]
-    if not opts:
-        return False
-    cols = min(3, len(opts))
-    rows = math.ceil(len(opts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
-    style = {"roof": dict(color="black", ls="--", lw=2, label="roof (no-math kernel)"),
-             "loop": dict(color="tab:gray", marker="o", label="torch for-loop"),
-             "foreach": dict(color="tab:blue", marker="s", label="torch foreach"),
-             "fused": dict(color="tab:orange", marker="^", label="torch fused"),
-             "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched"),
-             "flat": dict(color="tab:red", marker="x", label="fusedsched flat=True")}
-    for ax, opt in zip(axes.flat, opts):
-        rs = sorted((r for r in singles if r["optimizer"] == opt), key=lambda r: r["numel"])
-        for name in PROVIDERS:
-            pts = [(r["numel"], r["providers"][name]["gbps"]) for r in rs
-                   if name in r["providers"]]
-            if pts:
-                ax.plot(*zip(*pts), **style[name])
-        ax.set_xscale("log")
-        ax.set_xlabel("elements (one fp32 tensor)")
-        ax.set_ylabel("GB/s (bytes moved per step / time)")
-        ax.set_title(f"{opt} fp32 ({rs[0]['bytes_per_step'] // rs[0]['numel']} B/elem)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(opts):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"optimizer step bandwidth, {machine['cpu']}, "
-                 f"{machine['torch_threads']} threads, torch {machine['torch']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+# How each provider is drawn in the plots.
+_STYLE = {"roof": dict(color="black", ls="--", lw=2, label="roof (no-math kernel)"),
+          "loop": dict(color="tab:gray", marker="o", label="torch for-loop"),
+          "foreach": dict(color="tab:blue", marker="s", label="torch foreach"),
+          "fused": dict(color="tab:orange", marker="^", label="torch fused"),
+          "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched"),
+          "flat": dict(color="tab:red", marker="x", label="fusedsched flat=True")}
 
 
-def write_sweep_png(path: Path, records: list[dict], machine: dict) -> bool:
-    """Time per element against size (one fp32 tensor), per optimizer and provider, log-log:
-    where the per-call cost (small sizes) gives way to the arithmetic and then to memory
-    (the roof), and where the providers cross. False when matplotlib is missing or no
-    optimizer has two sizes."""
+def _plot_single_tensor_rows(path, records, machine, *, min_sizes, value, ylabel, log_y,
+                             title, legend, what):
+    """One panel per optimizer over its fp32 single-tensor rows (x: elements, log), one line
+    per provider (``value(record, provider)``); False when matplotlib is missing or no
+    optimizer has ``min_sizes`` sizes."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -729,39 +694,57 @@ def write_sweep_png(path: Path, records: list[dict], machine: dict) -> bool:
         return False
     singles = [r for r in records if r["kind"] == "single" and r["dtype"] == "float32"]
     opts = [o for o in OPTIMIZERS
-            if len({r["numel"] for r in singles if r["optimizer"] == o}) >= 2]
+            if len({r["numel"] for r in singles if r["optimizer"] == o}) >= min_sizes]
     if not opts:
         return False
     cols = min(3, len(opts))
     rows = math.ceil(len(opts) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
-    style = {"roof": dict(color="black", ls="--", lw=2, label="roof (no-math kernel)"),
-             "loop": dict(color="tab:gray", marker="o", label="torch for-loop"),
-             "foreach": dict(color="tab:blue", marker="s", label="torch foreach"),
-             "fused": dict(color="tab:orange", marker="^", label="torch fused"),
-             "fusedsched": dict(color="tab:green", marker="D", lw=2, label="fusedsched")}
     for ax, opt in zip(axes.flat, opts):
         rs = sorted((r for r in singles if r["optimizer"] == opt), key=lambda r: r["numel"])
         for name in PROVIDERS:
-            pts = [(r["numel"], r["providers"][name]["ms"] * 1e6 / r["numel"]) for r in rs
-                   if name in r["providers"]]
+            pts = [(r["numel"], value(r, name)) for r in rs if name in r["providers"]]
             if pts:
-                ax.plot(*zip(*pts), **style[name])
+                ax.plot(*zip(*pts), **_STYLE[name])
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("elements (one fp32 tensor)")
-        ax.set_ylabel("ns per element per step")
-        ax.set_title(f"{opt} fp32")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title(opt, rs))
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(opts):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"time per element vs size, {machine['cpu']}, "
-                 f"{machine['torch_threads']} threads, torch {machine['torch']}", fontsize=10)
+    axes.flat[0].legend(fontsize=8, loc=legend)
+    fig.suptitle(f"{what}, {machine['cpu']}, {machine['torch_threads']} threads, "
+                 f"torch {machine['torch']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def write_png(path: Path, records: list[dict], machine: dict) -> bool:
+    """GB/s (bytes moved per step / time) against size, per optimizer and provider."""
+    return _plot_single_tensor_rows(
+        path, records, machine, min_sizes=1, value=lambda r, name: r["providers"][name]["gbps"],
+        ylabel="GB/s (bytes moved per step / time)", log_y=False,
+        title=lambda opt, rs: f"{opt} fp32 ({rs[0]['bytes_per_step'] // rs[0]['numel']} B/elem)",
+        legend="upper left", what="optimizer step bandwidth")
+
+
+def write_sweep_png(path: Path, records: list[dict], machine: dict) -> bool:
+    """Time per element against size (one fp32 tensor), per optimizer and provider, log-log:
+    where the per-call cost (small sizes) gives way to the arithmetic and then to memory
+    (the roof), and where the providers cross. False when matplotlib is missing or no
+    optimizer has two sizes."""
+    return _plot_single_tensor_rows(
+        path, records, machine, min_sizes=2,
+        value=lambda r, name: r["providers"][name]["ms"] * 1e6 / r["numel"],
+        ylabel="ns per element per step", log_y=True, title=lambda opt, rs: f"{opt} fp32",
+        legend="upper right", what="time per element vs size")
 
 
 def print_table(console, records: list[dict], startup: dict) -> None:
