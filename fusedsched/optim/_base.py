@@ -425,9 +425,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             memo.remember(group, key)
         params = _flat.rest(self, group) if self.flat else group["params"]
         grads = list(map(_grad, params))
-        # flat storage: a group all in banks has nothing to scan once scanned empty
-        ptrs = (memo.holds(params, grads) if params or getattr(memo, "params", None) != []
-                else ([], [], []))
+        ptrs = memo.holds(params, grads)
         if ptrs is None:
             self._scan(memo, group, params, grads)
         lr, schedule = self._scheduled_lr(group)

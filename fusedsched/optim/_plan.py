@@ -137,7 +137,7 @@ class _Memo:
             return None
         live = self.live
         if len(live) == len(grads):
-            if set(map(type, grads)) != _PLAIN:     # None or a DTensor
+            if grads and set(map(type, grads)) != _PLAIN:     # None or a DTensor
                 return None
         else:
             if list(map(operator.is_not, grads, repeat(None))) != self.mask:
