@@ -19,11 +19,12 @@ Schema (``adam_step``; the others differ in states and hyperparameters)::
 
     adam_step(Tensor(a0!)[] params, Tensor(a1!)[] grads, Tensor(a2!)[] exp_avgs,
               Tensor(a3!)[] exp_avg_sqs, Tensor(a4!)[] max_exp_avg_sqs,
-              Tensor(a5!)[] steps, Tensor(a6!) position, Tensor schedule,
+              Tensor(a5!)[] steps, Tensor(a6!)[] exp_avgs_scales, ...,
+              Tensor(a9!) position, Tensor schedule,
               float lr, Tensor? lr_tensor, float beta1, Tensor? beta1_tensor, ...,
               float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad,
               bool maximize, Tensor? grad_scale, Tensor? found_inf,
-              bool advance_position, str backend) -> ()
+              bool advance_position, str state_format, str backend) -> ()
 
 Eager calls skip the dispatcher when nothing could observe the call: not while tracing, no
 dispatch mode active (FakeTensorMode, a TorchDispatchMode) and no profiler. The dispatcher
@@ -31,7 +32,8 @@ converts every tensor of every list argument (about 150 ns each: 0.75 ms for a s
 Adam parameters, more than the kernel); the kernel call is the same either way (``call``).
 
 An empty state list stands for ``None`` (the list is off: no momentum, not centered, no
-amsgrad). ``backend`` names the kernel package that runs the update (``"numba"``: CPU
+amsgrad). ``state_format`` is how the states are stored (``kernels/state_format.py``); the
+``*_scales`` lists hold the 8-bit states' block scales and are empty otherwise. ``backend`` names the kernel package that runs the update (``"numba"``: CPU
 tensors, ``"triton"``: CUDA tensors, ``"reference"``: any device); the calling convention
 of those packages is in ``fusedsched.kernels``.
 """
@@ -46,10 +48,12 @@ class Signature(NamedTuple):
     """One algorithm's kernel call: ``states`` in kernel order, ``hyper`` as (name, kind),
     kind one of ``"scalar"`` (float or 0-dim tensor), ``"float"``, ``"bool"``;
     ``momentum`` the hyperparameter that a schedule's momentum (one_cycle / cyclic with
-    cycle_momentum) replaces."""
+    cycle_momentum) replaces; ``nonnegative`` the states that are never negative (their
+    8-bit code has no sign bit: ``kernels/state_format.py``)."""
     states: tuple
     hyper: tuple
     momentum: str
+    nonnegative: tuple = ()
 
     @property
     def values(self):
@@ -94,13 +98,13 @@ SIGNATURES = {
         hyper=(("lr", "scalar"), ("alpha", "float"), ("eps", "float"),
                ("weight_decay", "float"), ("momentum", "scalar"), ("centered", "bool"),
                ("maximize", "bool")),
-        momentum="momentum"),
+        momentum="momentum", nonnegative=("square_avgs",)),
     "adam": Signature(
         states=("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
         hyper=(("lr", "scalar"), ("beta1", "scalar"), ("beta2", "scalar"), ("eps", "float"),
                ("weight_decay", "float"), ("decoupled_weight_decay", "bool"),
                ("amsgrad", "bool"), ("maximize", "bool")),
-        momentum="beta1"),
+        momentum="beta1", nonnegative=("exp_avg_sqs", "max_exp_avg_sqs")),
 }
 
 BACKENDS = ("reference", "numba", "triton")
@@ -108,7 +112,8 @@ _LIBRARY = torch.library.Library("fusedsched", "DEF")
 
 
 def _schema(algorithm, signature):
-    lists = ("params", "grads") + signature.states + ("steps",)
+    lists = (("params", "grads") + signature.states + ("steps",)
+             + tuple(f"{name}_scales" for name in signature.states))
     args = [f"Tensor(a{i}!)[] {name}" for i, name in enumerate(lists)]
     args += [f"Tensor(a{len(lists)}!) position", "Tensor schedule"]
     for name, kind in signature.hyper:
@@ -116,7 +121,8 @@ def _schema(algorithm, signature):
             args += [f"float {name}", f"Tensor? {name}_tensor"]
         else:
             args.append(f"{kind} {name}")
-    args += ["Tensor? grad_scale", "Tensor? found_inf", "bool advance_position", "str backend"]
+    args += ["Tensor? grad_scale", "Tensor? found_inf", "bool advance_position",
+             "str state_format", "str backend"]
     return f"{algorithm}_step({', '.join(args)}) -> ()"
 
 
@@ -141,8 +147,11 @@ def _implementation(algorithm, signature):
 
     def run(params, grads, *args):
         states = [lst if lst or not params else None for lst in args[:n_states]]
-        steps, position, schedule = args[n_states:n_states + 3]
-        values = iter(args[n_states + 3:])
+        steps = args[n_states]
+        scales = [lst if lst or not params else None
+                  for lst in args[n_states + 1:2 * n_states + 1]]
+        position, schedule = args[2 * n_states + 1:2 * n_states + 3]
+        values = iter(args[2 * n_states + 3:])
         hyper = {}
         for name, kind in signature.hyper:
             value = next(values)
@@ -150,10 +159,11 @@ def _implementation(algorithm, signature):
                 tensor = next(values)
                 value = value if tensor is None else tensor
             hyper[name] = value
-        grad_scale, found_inf, advance_position, backend = values
+        grad_scale, found_inf, advance_position, state_format, backend = values
         kernel(backend, algorithm)(
             params, grads, *states, steps, **hyper, schedule=schedule, position=position,
-            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
+            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+            state_format=state_format, scales=scales if state_format == "8bit" else None)
 
     run.__name__ = f"{algorithm}_step"
     return run
@@ -176,10 +186,13 @@ for _algorithm, _signature in SIGNATURES.items():
 
 
 def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, position,
-         grad_scale=None, found_inf=None, advance_position=True):
+         grad_scale=None, found_inf=None, advance_position=True, state_format="native",
+         scales=None):
     """Run ``torch.ops.fusedsched.<algorithm>_step`` with its arguments packed from the
     declaration: ``states`` a list in ``SIGNATURES[algorithm].states`` order (None for a
-    list that is off), ``hyper`` a dict of the declared hyperparameters.
+    list that is off), ``hyper`` a dict of the declared hyperparameters, ``state_format``
+    one of ``kernels/state_format.FORMATS`` and, for "8bit", ``scales`` the states' scale
+    lists in the same order.
 
     Eager, with nothing observing the call, the operator's implementation runs without the
     dispatcher and without the packing that its schema needs: the same kernel call, with
@@ -188,8 +201,10 @@ def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, p
             or torch._C._autograd._profiler_enabled()):
         return kernel(backend, algorithm)(
             params, grads, *states, steps, **hyper, schedule=schedule, position=position,
-            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
-    args = [params, grads, *[[] if s is None else s for s in states], steps, position,
+            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+            state_format=state_format, scales=scales)
+    args = [params, grads, *[[] if s is None else s for s in states], steps,
+            *[[] if s is None else s for s in (scales or [None] * len(states))], position,
             schedule]
     for name, kind in SIGNATURES[algorithm].hyper:
         value = hyper[name]
@@ -200,7 +215,7 @@ def call(algorithm, backend, params, grads, states, steps, hyper, *, schedule, p
                 args += [value, None]
         else:
             args.append(value)
-    args += [grad_scale, found_inf, advance_position, backend]
+    args += [grad_scale, found_inf, advance_position, state_format, backend]
     return OPS[algorithm](*args)
 
 

@@ -243,7 +243,7 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True, **hyper):
+              position, grad_scale=None, found_inf=None, advance_position=True, state_format="native", scales=None, **hyper):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
     the hyperparameters of ``ops.SIGNATURES["adam"]``)."""
     if not params:

@@ -250,7 +250,7 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
                  schedule, position, grad_scale=None, found_inf=None, advance_position=True,
-                 **hyper):
+                 state_format="native", scales=None, **hyper):
     """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``;
     ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``)."""
     if not params:

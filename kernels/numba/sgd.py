@@ -124,7 +124,7 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, schedule, position, grad_scale=None,
-             found_inf=None, advance_position=True, **hyper):
+             found_inf=None, advance_position=True, state_format="native", scales=None, **hyper):
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
     the hyperparameters of ``ops.SIGNATURES["sgd"]``)."""
     if not params:

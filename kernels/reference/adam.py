@@ -8,6 +8,7 @@ import torch
 
 from ._common import (advance, as_scalar, fma, lerp, load_grad, math_dtype, schedule_scalars,
                       skip_mask, sqrt, store)
+from ._state import state_io
 
 
 def bias_corrections(lr_t, beta1, beta2, step):
@@ -21,7 +22,8 @@ def bias_corrections(lr_t, beta1, beta2, step):
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
               beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True):
+              position, grad_scale=None, found_inf=None, advance_position=True,
+              state_format="native", scales=None):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
         if advance_position:
@@ -30,10 +32,13 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
     lr_t, beta1_t = schedule_scalars(schedule, position, lr, beta1)
     beta2_t = as_scalar(beta2, position.device)
     skip = skip_mask(found_inf)
+    m_io, v_io, vmax_io = state_io("adam", [exp_avgs, exp_avg_sqs,
+                                            max_exp_avg_sqs if amsgrad else None],
+                                   scales, state_format)
     for i, param in enumerate(params):
         dtype = math_dtype(param.dtype)
-        step_size, bias_correction2_sqrt = bias_corrections(lr_t, beta1_t, beta2_t,
-                                                            steps[i] + 1)
+        step = steps[i] + 1
+        step_size, bias_correction2_sqrt = bias_corrections(lr_t, beta1_t, beta2_t, step)
         step_size = step_size.to(dtype)
         bias_correction2_sqrt = bias_correction2_sqrt.to(dtype)
 
@@ -44,17 +49,17 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, l
                 p = p * (1 - lr_t * weight_decay).to(dtype)
             else:
                 grad = fma(p, as_scalar(weight_decay, p.device).to(dtype), grad)
-        exp_avg = lerp(exp_avgs[i].to(dtype), grad, (1 - beta1_t).to(dtype))
+        exp_avg = lerp(m_io.load(i, dtype), grad, (1 - beta1_t).to(dtype))
         exp_avg_sq = fma((1 - beta2_t).to(dtype) * grad, grad,
-                         exp_avg_sqs[i].to(dtype) * beta2_t.to(dtype))
+                         v_io.load(i, dtype) * beta2_t.to(dtype))
         if amsgrad:
-            max_exp_avg_sq = torch.maximum(max_exp_avg_sqs[i].to(dtype), exp_avg_sq)
+            max_exp_avg_sq = torch.maximum(vmax_io.load(i, dtype), exp_avg_sq)
             denom = sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
-            store(max_exp_avg_sqs[i], max_exp_avg_sq, skip)
+            vmax_io.store(i, max_exp_avg_sq, step, skip)
         else:
             denom = sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         p = p + (-step_size) * exp_avg / denom
-        store(exp_avgs[i], exp_avg, skip)
-        store(exp_avg_sqs[i], exp_avg_sq, skip)
+        m_io.store(i, exp_avg, step, skip)
+        v_io.store(i, exp_avg_sq, step, skip)
         store(param, p, skip)
     advance(steps, position, skip, advance_position)

@@ -10,11 +10,12 @@ applied update (``step == 0``), as torch's ``torch.clone(grad)``.
 import torch
 
 from ._common import advance, as_scalar, fma, load_grad, math_dtype, schedule_scalars, skip_mask, store
+from ._state import state_io
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
              weight_decay, nesterov, maximize, schedule, position, grad_scale=None,
-             found_inf=None, advance_position=True):
+             found_inf=None, advance_position=True, state_format="native", scales=None):
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``)."""
     if not params:
         if advance_position:
@@ -22,6 +23,7 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
         return
     lr_t, momentum_t = schedule_scalars(schedule, position, lr, momentum)
     skip = skip_mask(found_inf)
+    (buf_io,) = state_io("sgd", [momentum_buffers], scales, state_format)
     for i, param in enumerate(params):
         dtype = math_dtype(param.dtype)
         p = param.to(dtype)
@@ -32,8 +34,8 @@ def sgd_step(params, grads, momentum_buffers, steps, *, lr, momentum, dampening,
             m = momentum_t.to(dtype)
             one_minus_dampening = as_scalar(1 - dampening, p.device).to(dtype)
             buf = torch.where(steps[i] == 0, grad,
-                              fma(grad, one_minus_dampening, momentum_buffers[i].to(dtype) * m))
-            store(momentum_buffers[i], buf, skip)
+                              fma(grad, one_minus_dampening, buf_io.load(i, dtype) * m))
+            buf_io.store(i, buf, steps[i] + 1, skip)
             grad = fma(buf, m, grad) if nesterov else buf
         p = fma(grad, (-lr_t).to(dtype), p)
         store(param, p, skip)

@@ -87,7 +87,7 @@ def adam_kernel(
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True, **hyper):
+              position, grad_scale=None, found_inf=None, advance_position=True, state_format="native", scales=None, **hyper):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
     the hyperparameters of ``ops.SIGNATURES["adam"]``): a single kernel launch, then the
     counters advance with device ops."""

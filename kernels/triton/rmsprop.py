@@ -86,7 +86,7 @@ def rmsprop_kernel(
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
                  schedule, position, grad_scale=None, found_inf=None, advance_position=True,
-                 **hyper):
+                 state_format="native", scales=None, **hyper):
     """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``;
     ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``): a single kernel
     launch, then the counters advance with device ops."""

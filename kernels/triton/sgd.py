@@ -69,7 +69,7 @@ def sgd_kernel(
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, schedule, position, grad_scale=None,
-             found_inf=None, advance_position=True, **hyper):
+             found_inf=None, advance_position=True, state_format="native", scales=None, **hyper):
     """One SGD update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
     the hyperparameters of ``ops.SIGNATURES["sgd"]``): a single kernel launch, then the
     counters advance with device ops."""
