@@ -3,6 +3,8 @@ one float32 tensor per size, timed side by side in one process, interleaved over
 
 * ``torch fused``: ``torch.optim.Adam(fused=True)`` + ``LambdaLR`` of the schedule, float32
   state (``opt.step(); sched.step()``, as the main rows time it);
+* ``roof``: the float32 Adam step's memory roof (``roof.Roof``: its 28 B per element read
+  and written, no math), the time a memory-bound step would take;
 * ``native``, ``bfloat16``, ``8bit``: the Numba kernel call that ``fusedsched.Adam`` makes
   (``ops.call("adam", "numba", ...)``, the schedule evaluated inside the kernel) with the
   state in that format: float32, bfloat16, or uint8 codes with one float32 scale per 256
@@ -73,12 +75,16 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
     """One row per size: times (ms), ratios to torch fused, state bytes per element."""
     import gc
 
-    from .bench import make_schedule
+    import torch
+
+    from .bench import OPTIMIZERS, make_schedule
+    from .roof import Roof
 
     rows = []
     for n in SIZES[:1] if quick else SIZES:
         schedule = make_schedule()
-        providers = {"torch fused": _torch_step(n, schedule)}
+        roof = Roof([(n,)], torch.float32, OPTIMIZERS["adam"][3])
+        providers = {"torch fused": _torch_step(n, schedule), "roof": (roof.step, 0)}
         for fmt in FORMATS:
             providers[fmt] = _kernel_step(n, fmt, schedule)
         for step, _ in providers.values():
@@ -91,7 +97,7 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
             for name in order[k:] + order[:k]:       # rotate: no provider always first
                 times[name].append(_time_once(providers[name][0], min_run_time))
         ms = {name: statistics.median(v) * 1e3 for name, v in times.items()}
-        state = {name: b / n for name, (_, b) in providers.items()}
+        state = {name: b / n for name, (_, b) in providers.items() if name != "roof"}
         rows.append({
             "numel": n, "ms": ms,
             "vs_torch_fused": {name: ms["torch fused"] / t for name, t in ms.items()},
@@ -116,14 +122,16 @@ def print_rows(console, rows: list) -> None:
         t.add_column(f"{name} ms", justify="right")
         if name != "torch fused":
             t.add_column("x torch", justify="right")
-        t.add_column("B/el (x fp32)", justify="right")
+        if name != "roof":
+            t.add_column("B/el (x fp32)", justify="right")
     for r in rows:
         cells = [f"{r['numel']:.3g}"]
         for name in names:
             cells.append(f"{r['ms'][name]:.3g}")
             if name != "torch fused":
                 cells.append(f"{r['vs_torch_fused'][name]:.2f}x")
-            cells.append(f"{r['state_bytes_per_element'][name]:.3g} "
-                         f"({r['state_vs_fp32'][name]:.3f}x)")
+            if name in r["state_bytes_per_element"]:
+                cells.append(f"{r['state_bytes_per_element'][name]:.3g} "
+                             f"({r['state_vs_fp32'][name]:.3f}x)")
         t.add_row(*cells)
     console.print(t)
