@@ -330,6 +330,9 @@ def flush(h, k, lo, hi):
     the others (their stores are done)."""
 
 
+# The codes are encoded in loops of their own after each block's update loop. Encoding the
+# previous block's codes inside the next block's update loop instead (in its stores, beside
+# the divisions and square roots) measured slower (bench/results/state_dtype/README.md).
 @overload(flush)
 def _ol_flush(h, k, lo, hi):
     if not _is(h, Q8):
