@@ -23,7 +23,13 @@ def table(params, grads, states, steps, scales=None, state_dtype=None):
     """(address table, offsets) for ``params`` (non-empty, one dtype), ``grads``, the state
     lists ``states`` (None: a column of zeros; of ``state_dtype``, None for the params'),
     ``steps`` and, in the 8-bit format, the states' ``scales`` lists (None where a state
-    is off); ValueError (``pack``) for a tensor the kernels cannot take."""
+    is off); ValueError (``pack``) for a tensor the kernels cannot take, or for a missing
+    scale list."""
+    if scales is not None:
+        if len(scales) != len(states) or any(
+                st is not None and sc is None for st, sc in zip(states, scales)):
+            raise ValueError("numba backend: state_format='8bit' needs one scale list per "
+                             "state list that is on")
     columns = list(states) + ([] if scales is None else
                               [s if st is not None else None for s, st in zip(scales, states)])
     return _CACHE.lookup(params, grads, columns, steps, n_states=len(states),
