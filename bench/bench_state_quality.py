@@ -13,9 +13,12 @@ optimizer stores ``exp_avg`` / ``exp_avg_sq``:
                   what a plain bfloat16 state would do; against ``bf16`` it shows what the
                   stochastic rounding buys.
 ``torch_fp32``    cross-check: ``torch.optim.AdamW(foreach=False)`` with ``LambdaLR`` of
-                  the same schedule. It should land on the ``fp32`` row; the gap between
-                  the two (different square roots and summation order, amplified by
-                  training) is the noise floor any other row is read against.
+                  the same schedule. It should land on the ``fp32`` row (on the reference
+                  backend, to the last bit: same operations in the same order).
+``fp32_reshuffled``  the noise floor: ``fp32`` again with the batches in another order
+                  (another draw of the window starts). Any perturbation of a training run
+                  grows into a different trajectory; how far a different batch order moves
+                  the final loss is the yardstick for the other rows' differences.
 
 Corpus: Python's own standard library source (``sysconfig.get_paths()["stdlib"]``), the
 files of ``CORPUS_FILES`` in that order, read as bytes and concatenated; no download. The
@@ -28,7 +31,7 @@ Model: a 2-layer pre-norm transformer (``nn.TransformerEncoderLayer`` with a cau
 width 64, 256-symbol byte vocabulary, a learned position embedding and an untied output
 layer: 30 tensors, from 2-D matrices of 16k elements (64 blocks of the 8-bit format) down
 to 64-element biases and LayerNorm weights (14 tensors smaller than one 256-element block).
-The sizes are what 2 shared CPU cores train for 800 steps in all five modes within about
+The sizes are what 2 shared CPU cores train for 1000 steps in all six modes within about
 10 minutes.
 
 Writes ``quality.json``, ``quality.md`` and ``quality.png`` to ``--out`` (default
@@ -79,8 +82,9 @@ MODES = {
     "8bit": "fs.AdamW state_dtype=\"8bit\" (blockwise, stochastic rounding)",
     "bf16_nearest": "torch AdamW, moments rounded to nearest bfloat16 (ablation)",
     "torch_fp32": "torch AdamW float32 (cross-check of fp32)",
+    "fp32_reshuffled": "fs.AdamW float32, other batch order (noise floor)",
 }
-FS_STATE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "8bit": "8bit"}
+FS_STATE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "8bit": "8bit", "fp32_reshuffled": None}
 
 TARGET = 0.01            # bf16 and 8bit: final held-out loss within 1% of fp32
 
@@ -225,7 +229,7 @@ def train(mode, init_state, data, split, batches, args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--out", default=os.path.join("bench", "results", "state_dtype"))
     p.add_argument("--modes", default=",".join(MODES),
                    help="comma-separated subset of " + ", ".join(MODES))
@@ -291,6 +295,9 @@ def write_markdown(path, result, command):
     lines += ["", f"Target: bf16 and 8bit within {100 * TARGET:.0f}% of fp32: "
               + ", ".join(f"{k} {'met' if v else 'NOT met'}"
                           for k, v in result["target_met"].items()) + ".", ""]
+    if "cross_check_max_abs_diff" in result:
+        lines += [f"fp32 vs torch_fp32: largest difference of the held-out losses (curve and "
+                  f"final) {result['cross_check_max_abs_diff']:.3g}.", ""]
     lines += ["`bf16_nearest` stores float32 tensors holding bfloat16 values; its state bytes "
               "are those of the bfloat16 storage it emulates.", ""]
     lines += [f"fs modes on backend `{cfg['backend']}`; {cfg['threads']} torch thread(s). "
@@ -307,7 +314,8 @@ def plot(path, result):
     import matplotlib.pyplot as plt
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"fp32": ("k", "-"), "torch_fp32": ("0.55", ":"), "bf16": ("tab:blue", "-"),
-              "8bit": ("tab:green", "-"), "bf16_nearest": ("tab:red", "--")}
+              "8bit": ("tab:green", "-"), "bf16_nearest": ("tab:red", "--"),
+              "fp32_reshuffled": ("tab:purple", "-.")}
     steps = result["config"]["steps"]
     lo, hi = math.inf, -math.inf
     for name, m in result["modes"].items():
@@ -347,9 +355,12 @@ def main(argv=None):
     final_starts = torch.arange(cut, len(data) - need + 1, args.context)
     pick = torch.linspace(0, len(final_starts) - 1, min(args.eval_windows, len(final_starts)))
     curve_starts = final_starts[pick.round().long()]
-    # Every mode's batches: one draw, from a generator of its own.
-    gen = torch.Generator().manual_seed(args.seed)
-    batches = torch.randint(0, cut - need + 1, (args.steps, args.batch), generator=gen)
+    # Every mode's batches: one draw, from a generator of its own; fp32_reshuffled's from
+    # the next seed.
+    def draw(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randint(0, cut - need + 1, (args.steps, args.batch), generator=gen)
+    batches, reshuffled = draw(args.seed), draw(args.seed + 1)
     torch.manual_seed(args.seed)
     model = TinyLM(args.d_model, args.layers, args.heads, args.context)
     init_state = copy.deepcopy(model.state_dict())
@@ -366,7 +377,8 @@ def main(argv=None):
         modes={})
     t0 = time.perf_counter()
     for mode in args.modes:
-        rec = train(mode, init_state, data, (curve_starts, final_starts), batches, args)
+        rec = train(mode, init_state, data, (curve_starts, final_starts),
+                    reshuffled if mode == "fp32_reshuffled" else batches, args)
         result["modes"][mode] = rec
         print(f"{mode:>13}: held-out {rec['final_heldout_loss']:.4f}  "
               f"({rec['wall_s']:.0f} s, {rec['state_bytes_per_element']:.3f} B/elem)",
@@ -375,6 +387,11 @@ def main(argv=None):
     base = result["modes"].get("fp32", {}).get("final_heldout_loss")
     for m in result["modes"].values():
         m["rel_diff_vs_fp32"] = None if base is None else m["final_heldout_loss"] / base - 1
+    if "fp32" in result["modes"] and "torch_fp32" in result["modes"]:
+        a, b = result["modes"]["fp32"], result["modes"]["torch_fp32"]
+        result["cross_check_max_abs_diff"] = max(
+            [abs(a["final_heldout_loss"] - b["final_heldout_loss"])]
+            + [abs(x[1] - y[1]) for x, y in zip(a["curve"], b["curve"])])
     result["target"] = TARGET
     result["target_met"] = {k: abs(result["modes"][k]["rel_diff_vs_fp32"]) <= TARGET
                             for k in ("bf16", "8bit") if k in result["modes"] and base}

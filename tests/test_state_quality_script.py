@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ["fp32", "bf16", "8bit", "bf16_nearest", "torch_fp32"]
+MODES = ["fp32", "bf16", "8bit", "bf16_nearest", "torch_fp32", "fp32_reshuffled"]
 
 
 def _run(script, *args):
@@ -43,6 +43,7 @@ def test_json_structure(quality):
             assert isinstance(m[key], float), (name, key)
     assert result["modes"]["fp32"]["rel_diff_vs_fp32"] == 0.0
     assert set(result["target_met"]) == {"bf16", "8bit"}
+    assert isinstance(result["cross_check_max_abs_diff"], float)
     assert result["corpus"]["files"] == ["textwrap.py", "heapq.py"]
     assert len(result["corpus"]["sha256"]) == 64
     assert result["model"]["tensors_below_one_block"] > 0
@@ -56,6 +57,7 @@ def test_state_bytes(quality):
     modes, sizes = result["modes"], result["model"]["sizes"]
     assert modes["fp32"]["state_bytes_per_element"] == 8.0
     assert modes["torch_fp32"]["state_bytes_per_element"] == 8.0
+    assert modes["fp32_reshuffled"]["state_bytes_per_element"] == 8.0
     assert modes["bf16"]["state_bytes_per_element"] == 4.0
     assert modes["bf16_nearest"]["state_bytes_per_element"] == 4.0
     scales = sum(-(-n // 256) for n in sizes)
