@@ -296,8 +296,10 @@ def write_markdown(path, result, command):
               + ", ".join(f"{k} {'met' if v else 'NOT met'}"
                           for k, v in result["target_met"].items()) + ".", ""]
     if "cross_check_max_abs_diff" in result:
+        diff = result["cross_check_max_abs_diff"]
         lines += [f"fp32 vs torch_fp32: largest difference of the held-out losses (curve and "
-                  f"final) {result['cross_check_max_abs_diff']:.3g}.", ""]
+                  f"final) {diff:.3g}" + (" (the same losses to the last bit)." if diff == 0
+                                          else "."), ""]
     lines += ["`bf16_nearest` stores float32 tensors holding bfloat16 values; its state bytes "
               "are those of the bfloat16 storage it emulates.", ""]
     lines += [f"fs modes on backend `{cfg['backend']}`; {cfg['threads']} torch thread(s). "
@@ -312,6 +314,7 @@ def plot(path, result):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"fp32": ("k", "-"), "torch_fp32": ("0.55", ":"), "bf16": ("tab:blue", "-"),
               "8bit": ("tab:green", "-"), "bf16_nearest": ("tab:red", "--"),
@@ -331,6 +334,8 @@ def plot(path, result):
     # log y: the first steps fall from ln(256) = 5.5 to ~2.5 and would flatten the rest
     ax.set(title="held-out loss", xlabel="step", ylabel="cross-entropy (nats / byte)",
            yscale="log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     zoom.set(title="last 40% of the run", xlabel="step", xlim=(0.6 * steps, steps))
     if math.isfinite(lo):
         pad = 0.05 * (hi - lo) or 0.01
