@@ -27,7 +27,6 @@ the share of elements more than 10% off). Writes ``bf16_stall.md`` to ``--out``:
 """
 
 import argparse
-import math
 import os
 import shlex
 import sys
