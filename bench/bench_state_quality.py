@@ -162,6 +162,8 @@ def make_optimizer(mode, model, args, schedule):
     LambdaLR step, plus the moments' rounding of ``bf16_nearest``."""
     hyper = dict(lr=args.lr, betas=(0.9, args.beta2), eps=1e-8,
                  weight_decay=args.weight_decay)
+    # One group, weight decay on every tensor: biases and norms are stepped in the same
+    # kernel call as the matrices, as a plain AdamW(model.parameters()) does.
     params = list(model.parameters())
     if mode in FS_STATE_DTYPES:
         opt = fs.AdamW(params, **hyper, schedule=schedule, backend=args.backend,
