@@ -1,0 +1,276 @@
+"""State formats "bfloat16" and "8bit" (kernels/state_format.py): each compiled backend's
+kernels against the reference's loads and stores (kernels/reference/_state.py), bit for
+bit: parameters, states, 8-bit scales, steps and unscaled gradients, every flag of every
+algorithm, AMP skips, cycled momentum, ragged tensor lists (numel 0, 1, 255, 256, 257,
+5000 in one launch).
+
+One suite for every backend (``backend`` fixture): the Triton kernels run interpreted on
+CPU tensors (TRITON_INTERPRET=1, tests/conftest.py), where their fma, sqrt and store
+conversions are torch's CPU ops (kernels/triton/_launch.py), so the reference on the same
+CPU tensors is their oracle with zero tolerance.
+"""
+
+import math
+
+import pytest
+import torch
+
+from fusedsched import schedules as S
+from fusedsched.kernels import ops
+from fusedsched.kernels import state_format as F
+from fusedsched.kernels.reference import _state as R
+
+F64 = torch.float64
+BACKENDS = ["triton"]
+SHAPES = [(0,), (1,), (255,), (256,), (257,), (5000,)]
+FORMATS = ["bfloat16", "8bit"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The backend under test, with its oracle set up: the reference on the same CPU
+    tensors (the Triton interpreter already rounds as torch's CPU ops)."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        from fusedsched.kernels.triton.schedule import INTERPRET
+        if not INTERPRET:
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set")
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------
+# the run: the same initial tensors and gradients through the backend and the reference
+
+
+def _stored(fmt, params, signed, gen, zero):
+    """One state list in ``fmt`` for ``params``, and its 8-bit scales (None otherwise):
+    zeros (an optimizer's fresh state) or random stored values (a state of earlier
+    steps: every code, scales with a zero block among them)."""
+    if fmt == "bfloat16":
+        def value(p):
+            if zero:
+                return torch.zeros(p.shape, dtype=torch.bfloat16)
+            x = torch.randn(p.shape, generator=gen)
+            return (x if signed else x * x).to(torch.bfloat16)
+        return [value(p) for p in params], None
+    codes, scales = [], []
+    for p in params:
+        n_blocks = F.n_blocks(p.numel())
+        if zero:
+            codes.append(torch.zeros(p.shape, dtype=torch.uint8))
+            scales.append(torch.zeros(n_blocks))
+        else:
+            codes.append(torch.randint(0, 256, p.shape, generator=gen, dtype=torch.uint8))
+            s = torch.rand(n_blocks, generator=gen) * 2
+            s[::3] = 0.0
+            scales.append(s)
+    return codes, scales
+
+
+def _hyper(algo, flags):
+    if algo == "adam":
+        return dict(lr=0.05, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=flags["wd"],
+                    decoupled_weight_decay=flags["decoupled"], amsgrad=flags["amsgrad"],
+                    maximize=flags["maximize"])
+    if algo == "sgd":
+        return dict(lr=0.1, momentum=0.9 if flags["momentum"] else 0.0,
+                    dampening=0.0 if flags["nesterov"] else 0.1, weight_decay=flags["wd"],
+                    nesterov=flags["nesterov"], maximize=flags["maximize"])
+    return dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=flags["wd"],
+                momentum=0.8 if flags["momentum"] else 0.0, centered=flags["centered"],
+                maximize=flags["maximize"])
+
+
+def _on(algo, flags):
+    """Which state lists of ``algo`` (kernel order) the flags turn on."""
+    if algo == "adam":
+        return [True, True, flags["amsgrad"]]
+    if algo == "sgd":
+        return [flags["momentum"]]
+    return [True, flags["centered"], flags["momentum"]]
+
+
+def _run(backend, algo, fmt, dtype, shapes, flags, schedule, n_steps=3, amp=None,
+         first_step=0, grads_of=None):
+    """(params, states, scales, steps, position, grads) after ``n_steps`` updates by
+    ``backend`` and by the reference, from the same tensors. States start as an
+    optimizer's fresh ones when ``first_step`` is 0, else as random stored values."""
+    signature = ops.SIGNATURES[algo]
+    out = []
+    for impl in (backend, "reference"):
+        gen = torch.Generator().manual_seed(7)
+        params = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+        states, scales = [], []
+        for name, on in zip(signature.states, _on(algo, flags)):
+            lst, sc = _stored(fmt, params, name not in signature.nonnegative, gen,
+                              zero=first_step == 0)
+            states.append(lst if on else None)
+            scales.append(sc if on else None)
+        steps = [torch.tensor(float(first_step), dtype=F64) for _ in params]
+        position = torch.tensor(float(first_step), dtype=F64)
+        program = S.program(schedule, "cpu")
+        fn = ops.kernel(impl, algo)
+        seen = []
+        for k in range(n_steps):
+            grads = (grads_of or _grads)(params, k)
+            gs = fi = None
+            if amp is not None:
+                gs = torch.tensor(amp[0], dtype=torch.float32)
+                grads = [(g.to(F64) * amp[0]).to(dtype) for g in grads]
+                fi = torch.tensor(float(amp[1][k]), dtype=torch.float32)
+            fn(params, grads, *states, steps, **_hyper(algo, flags), schedule=program,
+               position=position, grad_scale=gs, found_inf=fi, state_format=fmt,
+               scales=scales if fmt == "8bit" else None)
+            seen.append(grads)
+        out.append((params, states, scales, steps, position, seen))
+    return out
+
+
+def _grads(params, k):
+    gen = torch.Generator().manual_seed(1000 + k)
+    return [torch.randn(p.shape, generator=gen, dtype=F64).to(p.dtype) for p in params]
+
+
+def _bits(t):
+    """``t``'s bits as integers (NaNs compare by their bits too)."""
+    if not t.dtype.is_floating_point:
+        return t
+    return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def _assert_same(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    diff = (_bits(a) != _bits(b)).nonzero().flatten()
+    assert diff.numel() == 0, (what, diff[:8].tolist(), a.flatten()[diff[:4]].tolist(),
+                               b.flatten()[diff[:4]].tolist())
+
+
+def _written(result):
+    """(name, tensor) of everything a step may write: params, states, scales, grads."""
+    params, states, scales, _, _, seen = result
+    out = [(f"param {i}", p) for i, p in enumerate(params)]
+    for what, lists in (("state", states), ("scales", scales)):
+        for k, lst in enumerate(lists):
+            out += [(f"{what} {k} of tensor {i}", x) for i, x in enumerate(lst or [])]
+    for step, grads in enumerate(seen):
+        out += [(f"grad {i} of step {step}", g) for i, g in enumerate(grads)]
+    return out
+
+
+def _compare(results):
+    ours, reference = results
+    assert [n for n, _ in _written(ours)] == [n for n, _ in _written(reference)]
+    for (what, a), (_, b) in zip(_written(ours), _written(reference)):
+        _assert_same(a, b, what)
+    assert [x.item() for x in ours[3]] == [x.item() for x in reference[3]]
+    assert ours[4].item() == reference[4].item()
+
+
+ADAM_FLAGS = [dict(amsgrad=a, decoupled=d, maximize=m, wd=w)
+              for a, d, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (False, True, False, 0.1), (True, True, True, 0.05)]]
+SGD_FLAGS = [dict(momentum=mo, nesterov=n, maximize=m, wd=w)
+             for mo, n, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (True, True, False, 0.05), (True, False, False, 0.0)]]
+RMS_FLAGS = [dict(centered=c, momentum=mo, maximize=m, wd=w)
+             for c, mo, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
+                                 (False, True, False, 0.05), (True, True, True, 0.1)]]
+ALGOS = [("adam", ADAM_FLAGS), ("sgd", SGD_FLAGS), ("rmsprop", RMS_FLAGS)]
+ALGO_IDS = [a for a, _ in ALGOS]
+WARMUP_COSINE = S.warmup(S.cosine(6, 0.1), 2)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=ALGO_IDS)
+def test_every_flag_fp32(backend, algo, flag_list, fmt):
+    # fresh state from step 0, then state of earlier steps (random codes / bf16 values)
+    for i, flags in enumerate(flag_list):
+        _compare(_run(backend, algo, fmt, torch.float32, SHAPES, flags, WARMUP_COSINE,
+                      first_step=0 if i % 2 == 0 else 5))
+
+
+FORMAT_DTYPES = [(fmt, dt) for fmt in FORMATS
+                 for dt in (torch.float16, torch.bfloat16)] + [("8bit", F64)]
+
+
+@pytest.mark.parametrize("fmt,dtype", FORMAT_DTYPES, ids=lambda x: str(x))
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=ALGO_IDS)
+def test_parameter_dtypes(backend, algo, flag_list, fmt, dtype):
+    _compare(_run(backend, algo, fmt, dtype, SHAPES, flag_list[-1], WARMUP_COSINE,
+                  first_step=3))
+
+
+CYCLING = [S.one_cycle(6, pct_start=0.4), S.cyclic(0.2, 2, mode="triangular2")]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=ALGO_IDS)
+def test_cycled_momentum(backend, algo, flag_list, fmt):
+    for sched in CYCLING:
+        _compare(_run(backend, algo, fmt, torch.float32, [(5,), (0,), (300,)], flag_list[-1],
+                      sched, n_steps=5))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("algo,flag_list", ALGOS, ids=ALGO_IDS)
+def test_found_inf_writes_nothing_and_grad_scale_unscales(backend, algo, flag_list, fmt):
+    res = _run(backend, algo, fmt, torch.float32, [(3,), (0,), (600,)], flag_list[-1],
+               S.exponential(0.9), n_steps=4, amp=(1024.0, [1, 0, 1, 0]), first_step=2)
+    _compare(res)
+    params, states, scales, steps, position, _ = res[0]
+    assert [s.item() for s in steps] == [4.0, 4.0, 4.0] and position.item() == 6.0
+    # a skipped step alone writes nothing, not even the unscaled gradients
+    before = _run(backend, algo, fmt, torch.float32, [(3,), (600,)], flag_list[-1],
+                  S.constant(), n_steps=0, first_step=2)[0]
+    after = _run(backend, algo, fmt, torch.float32, [(3,), (600,)], flag_list[-1],
+                 S.constant(), n_steps=1, amp=(1024.0, [1]), first_step=2)[0]
+    for (what, b), (_, a) in zip(_written(before), _written(after)):
+        _assert_same(a, b, what)
+    scaled = [(g.to(F64) * 1024).to(torch.float32) for g in _grads(after[0], 0)]
+    for i, (a, b) in enumerate(zip(after[5][0], scaled)):
+        _assert_same(a, b, f"grad {i}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(1,), (255,), (256,), (257,), (5000,)], ids=str)
+def test_single_tensors(backend, fmt, shape):
+    for algo, flags in [("adam", ADAM_FLAGS[1]), ("rmsprop", RMS_FLAGS[3])]:
+        _compare(_run(backend, algo, fmt, torch.float32, [shape], flags, WARMUP_COSINE,
+                      first_step=1))
+
+
+def _special_grads(params, k):
+    """Zero gradients for the first tensor (an all-zero block: absmax 0), one gradient
+    NaN and one infinite in the second, huge and tiny ones in the third."""
+    grads = _grads(params, k)
+    grads[0].zero_()
+    grads[1][3] = math.nan
+    grads[1][300] = math.inf
+    grads[2][:100] *= 1e30
+    grads[2][100:] *= 1e-30
+    return grads
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("algo,flags", [("adam", ADAM_FLAGS[2]), ("sgd", SGD_FLAGS[1]),
+                                        ("rmsprop", RMS_FLAGS[2])], ids=ALGO_IDS)
+def test_zero_nonfinite_and_extreme_values(backend, algo, flags, fmt):
+    res = _run(backend, algo, fmt, torch.float32, [(300,), (600,), (257,)], flags,
+               S.constant(), n_steps=2, grads_of=_special_grads)
+    _compare(res)
+    _, states, scales, *_ = res[0]
+    if fmt == "8bit":
+        first = next(k for k, on in enumerate(_on(algo, flags)) if on)
+        assert not scales[first][0].any() and not states[first][0].any()  # zeros stay 0
+        assert not torch.isfinite(scales[first][1][[0, 1]]).any()          # NaN / inf blocks
+        assert torch.isfinite(scales[first][1][2:]).all()
+
+
+def test_reference_specification_points():
+    # what the suite's zero tolerance rests on, checked on the reference itself: exact
+    # bfloat16 values stay, the random bits of a value do not depend on where it sits
+    x = torch.tensor([1.0, -2.5, 0.0, 3.140625], dtype=torch.float32)
+    r = R.random_bits(x, torch.tensor(4.0, dtype=F64), 1)
+    assert torch.equal(R.round_bfloat16(x, r).float(), x)
+    y = torch.cat([torch.randn(7), x])
+    assert torch.equal(R.random_bits(y, torch.tensor(4.0, dtype=F64), 1)[7:], r)
