@@ -312,24 +312,29 @@ _MIX_MULTIPLIER_1: tl.constexpr = tl.constexpr(SF.MIX_MULTIPLIER_1)
 _MIX_MULTIPLIER_2: tl.constexpr = tl.constexpr(SF.MIX_MULTIPLIER_2)
 _BF16_RANDOM_MASK: tl.constexpr = tl.constexpr(SF.BF16_RANDOM_MASK)
 _CODE_RANDOM_MASK: tl.constexpr = tl.constexpr(SF.CODE_RANDOM_MASK)
-# a code's constants per signedness (SIGNED: the 4-bit-exponent code), evaluated when the
-# kernel compiles
-_bias = triton.constexpr_function(SF.bias)
-_top_code = triton.constexpr_function(SF.top_code)
-_smallest_normal = triton.constexpr_function(SF.smallest_normal)
-_rebase = triton.constexpr_function(SF.rebase)
+# the 8-bit code's constants per signedness (True: a signed state's 4-bit exponent code),
+# computed here from state_format's definitions; a kernel reads them when it compiles
+_CODE = {signed: {"bias": SF.bias(signed), "top": SF.top_code(signed),
+                  "smallest_normal": SF.smallest_normal(signed), "rebase": SF.rebase(signed),
+                  "subnormal_unit": SF.smallest_normal(signed) / (1 << SF.MANTISSA_BITS)}
+         for signed in (False, True)}
 
 
 @triton.constexpr_function
-def _subnormal_unit(signed):
-    """The magnitude of code 1 (``f / 8 * T`` for f = 1)."""
-    return SF.smallest_normal(signed) / (1 << SF.MANTISSA_BITS)
+def _code(name, signed):
+    """``_CODE[signed][name]``: "bias", "top" (the largest magnitude code),
+    "smallest_normal" (T), "rebase", "subnormal_unit" (the magnitude of code 1)."""
+    return _CODE[signed][name]
 
 
 @triton.constexpr_function
 def _state_type(DTYPE, FORMAT):
     """The element type of the state tensors: the parameters' (native), bf16, or uint8."""
-    return {"bfloat16": tl.bfloat16, "8bit": tl.uint8}.get(FORMAT, DTYPE)
+    if FORMAT == "bfloat16":
+        return tl.bfloat16
+    if FORMAT == "8bit":
+        return tl.uint8
+    return DTYPE
 
 
 @triton.jit
@@ -382,15 +387,17 @@ def _dequantize(codes, scale, SIGNED: tl.constexpr):
     SIGNED."""
     c = codes.to(tl.uint32)
     if SIGNED:
-        c = c & 127
-    e = c >> _MANTISSA
-    f = c & (_FRACTION - 1)
-    normal = (((e + (127 - _bias(SIGNED))) << 23) | (f << _CODE_SHIFT)).to(tl.float32,
-                                                                          bitcast=True)
-    subnormal = f.to(tl.float32) * _subnormal_unit(SIGNED)
+        m = c & 127
+    else:
+        m = c
+    e = m >> _MANTISSA
+    f = m & (_FRACTION - 1)
+    normal = ((e + (127 - _code("bias", SIGNED))) << 23) | (f << _CODE_SHIFT)
+    normal = normal.to(tl.float32, bitcast=True)   # (for e == 0 unused)
+    subnormal = f.to(tl.float32) * _code("subnormal_unit", SIGNED)
     value = tl.where(e > 0, normal, subnormal) * scale[:, None]
     if SIGNED:
-        value = tl.where(codes >= 128, -value, value)
+        value = tl.where(c >= 128, -value, value)
     return value
 
 
@@ -409,12 +416,12 @@ def _quantize(x, r, mask, SIGNED: tl.constexpr):
     # (1.875 / 1.875 where absmax is 0 or NaN: no division by zero, the same inv = 0)
     inv = tl.where(absmax > 0, _div(top, tl.where(absmax > 0, absmax, top), False), 0.0)
     y = tl.minimum(a * inv[:, None], _MAX_MAGNITUDE, propagate_nan=tl.PropagateNan.ALL)
-    small = y < _smallest_normal(SIGNED)
-    y = tl.where(small, y + _smallest_normal(SIGNED), y)
+    small = y < _code("smallest_normal", SIGNED)
+    y = tl.where(small, y + _code("smallest_normal", SIGNED), y)
     code = ((y.to(tl.uint32, bitcast=True) + (r & _CODE_RANDOM_MASK)) >> _CODE_SHIFT
-            ) - _rebase(SIGNED)
+            ) - _code("rebase", SIGNED)
     code = tl.where(small, code - _FRACTION, code)
-    code = tl.minimum(code, _top_code(SIGNED))   # unsigned: a NaN's wrapped code is the top too
+    code = tl.minimum(code, _code("top", SIGNED))   # (unsigned: a NaN wraps to the top too)
     if SIGNED:
         code = tl.where(x < 0, code | 128, code)
     else:

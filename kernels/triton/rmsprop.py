@@ -5,8 +5,9 @@ maximize negates the (unscaled) grad; grad = fma(p, wd, grad) (wd != 0); square_
 fma((1-alpha)*g, g, a*alpha); centered: grad_avg lerp, variance fma(-ga, ga, sq) clamped
 at 0 before sqrt (FastNN#12: torch
 gives NaN when E[g^2] - E[g]^2 rounds below zero; a deliberate deviation); avg = sqrt + eps;
-momentum: buf = m*buf + g/avg (the buffer is read as 0 on the first update, torch zero-inits
-it), p = fma(buf, -lr_t, p); else p += (-lr_t)*g/avg. Each fma is rounded once, as the
+momentum: buf = m*buf + g/avg, read on every update as the reference and torch do (the
+optimizer zero-initializes it: a first update gives 0*m + g/avg, +0 where g/avg is -0),
+p = fma(buf, -lr_t, p); else p += (-lr_t)*g/avg. Each fma is rounded once, as the
 reference's.
 """
 
@@ -25,7 +26,7 @@ HP_LR, HP_ALPHA, HP_EPS, HP_WEIGHT_DECAY, HP_MOMENTUM = L.slots(
 
 @triton.jit
 def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, mask, start, n,
-                  step, gs, wd, alpha, w, eps, mom, neg_lr, first, FP64: tl.constexpr,
+                  step, gs, wd, alpha, w, eps, mom, neg_lr, FP64: tl.constexpr,
                   CT: tl.constexpr, FORMAT: tl.constexpr, CENTERED: tl.constexpr,
                   USE_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr,
                   HAS_GRAD_SCALE: tl.constexpr):
@@ -43,11 +44,8 @@ def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, mas
         avg = L._sqrt(sq, FP64)
     avg = avg + eps
     if USE_MOMENTUM:
-        if first:
-            buf = L._div(g, avg, FP64)
-        else:
-            buf = (L._load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT, B_SIGNED) * mom
-                   + L._div(g, avg, FP64))
+        buf = (L._load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT, B_SIGNED) * mom
+               + L._div(g, avg, FP64))
         L._store_state(b_ptr, b_sc, offs, mask, buf, start, n, step, B_SALT, FORMAT, B_SIGNED)
         p = L._fma(buf, neg_lr, p)
     else:
@@ -76,18 +74,17 @@ def rmsprop_kernel(
         wd = tl.load(hp_ptr + HP_WEIGHT_DECAY).to(CT)
         mom = mom.to(CT)
         neg_lr = (-lr).to(CT)
-        first = step == 0
         gs = L._grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
         a_c = alpha.to(CT)
         w = (1.0 - alpha).to(CT)
         offs = L._offsets(start, BLOCK, FORMAT)
         if start + BLOCK <= n:
             _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, None,
-                          start, n, step + 1.0, gs, wd, a_c, w, eps, mom, neg_lr, first, FP64,
+                          start, n, step + 1.0, gs, wd, a_c, w, eps, mom, neg_lr, FP64,
                           CT, FORMAT, CENTERED, USE_MOMENTUM, MAXIMIZE, HAS_GRAD_SCALE)
         else:
             _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, offs < n,
-                          start, n, step + 1.0, gs, wd, a_c, w, eps, mom, neg_lr, first, FP64,
+                          start, n, step + 1.0, gs, wd, a_c, w, eps, mom, neg_lr, FP64,
                           CT, FORMAT, CENTERED, USE_MOMENTUM, MAXIMIZE, HAS_GRAD_SCALE)
 
 
