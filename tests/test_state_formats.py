@@ -46,13 +46,13 @@ def _stored(fmt, params, signed, gen, init):
     """One state list in ``fmt`` for ``params``, and its 8-bit scales (None otherwise).
     ``init``: "zero" (an optimizer's fresh state), "any" (every code, every bf16 value of
     a normal sample, scales with zero blocks among them) or "plausible" (a state of
-    earlier steps: 0.1 * normal values, their squares for a non-negative state, stored
-    by the reference's rounding; 16-bit parameters then stay finite)."""
+    earlier steps, stored by the reference's rounding: a second moment above the square
+    of any first moment, so 16-bit parameters stay finite)."""
     out, scales = [], []
     for p in params:
         x = torch.randn(p.shape, generator=gen).reshape(-1)
-        if init == "plausible":
-            x = 0.1 * x if signed else 0.01 * x * x + 1e-4
+        if init == "plausible":     # (a centered variance stays above 0.2 - 0.3**2)
+            x = 0.1 * x.clamp(-3, 3) if signed else 0.2 + 0.01 * x * x
         elif not signed:
             x = x * x
         if init == "zero":
@@ -96,33 +96,38 @@ def _on(algo, flags):
 
 
 def _run(backend, algo, fmt, dtype, shapes, flags, schedule, n_steps=3, amp=None,
-         first_step=0, init="any", grads_of=None):
+         first_step=0, init="any", grads_of=None, device="cpu"):
     """(params, states, scales, steps, position, grads) after ``n_steps`` updates by
-    ``backend`` and by the reference, from the same tensors. States start as an
-    optimizer's fresh ones when ``first_step`` is 0, else as ``_stored``'s ``init``."""
+    ``backend`` and by the reference, from the same tensors (made on the CPU, then moved
+    to ``device``). States start as an optimizer's fresh ones when ``first_step`` is 0,
+    else as ``_stored``'s ``init``."""
+    def on(lst):
+        return None if lst is None else [x.to(device) for x in lst]
     signature = ops.SIGNATURES[algo]
     out = []
     for impl in (backend, "reference"):
         gen = torch.Generator().manual_seed(7)
-        params = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+        host = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+        params = on(host)
         states, scales = [], []
-        for name, on in zip(signature.states, _on(algo, flags)):
-            lst, sc = _stored(fmt, params, name not in signature.nonnegative, gen,
+        for name, used in zip(signature.states, _on(algo, flags)):
+            lst, sc = _stored(fmt, host, name not in signature.nonnegative, gen,
                               "zero" if first_step == 0 else init)
-            states.append(lst if on else None)
-            scales.append(sc if on else None)
-        steps = [torch.tensor(float(first_step), dtype=F64) for _ in params]
-        position = torch.tensor(float(first_step), dtype=F64)
-        program = S.program(schedule, "cpu")
+            states.append(on(lst) if used else None)
+            scales.append(on(sc) if used else None)
+        steps = [torch.tensor(float(first_step), dtype=F64, device=device) for _ in params]
+        position = torch.tensor(float(first_step), dtype=F64, device=device)
+        program = S.program(schedule, device)
         fn = ops.kernel(impl, algo)
         seen = []
         for k in range(n_steps):
-            grads = (grads_of or _grads)(params, k)
+            grads = (grads_of or _grads)(host, k)
             gs = fi = None
             if amp is not None:
-                gs = torch.tensor(amp[0], dtype=torch.float32)
+                gs = torch.tensor(amp[0], dtype=torch.float32, device=device)
                 grads = [(g.to(F64) * amp[0]).to(dtype) for g in grads]
-                fi = torch.tensor(float(amp[1][k]), dtype=torch.float32)
+                fi = torch.tensor(float(amp[1][k]), dtype=torch.float32, device=device)
+            grads = on(grads)
             fn(params, grads, *states, steps, **_hyper(algo, flags), schedule=program,
                position=position, grad_scale=gs, found_inf=fi, state_format=fmt,
                scales=scales if fmt == "8bit" else None)
@@ -262,14 +267,19 @@ def _special_grads(params, k):
 
 
 # no coupled weight decay: a zero gradient leaves the first tensor's states all zero
-SPECIAL_FLAGS = [("adam", dict(amsgrad=False, decoupled=True, maximize=True, wd=0.1)),
+SPECIAL_FLAGS = [("adam", dict(amsgrad=True, decoupled=True, maximize=True, wd=0.1)),
                  ("sgd", dict(momentum=True, nesterov=True, maximize=False, wd=0.0)),
-                 ("rmsprop", dict(centered=False, momentum=True, maximize=True, wd=0.0))]
+                 ("rmsprop", dict(centered=True, momentum=True, maximize=True, wd=0.0))]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("algo,flags", SPECIAL_FLAGS, ids=ALGO_IDS)
 def test_zero_nonfinite_and_extreme_values(backend, algo, flags, fmt):
+    if algo == "adam" and fmt == "bfloat16":
+        # amsgrad's max of a NaN is torch's all-ones NaN on the CPU, which the reference's
+        # bfloat16 rounding turns into +0.0 (test_bfloat16_rounding_keeps_every_nan), the
+        # interpreter's numpy keeps the operand's NaN: the NaN's bits decide the value
+        flags = dict(flags, amsgrad=False)
     res = _run(backend, algo, fmt, torch.float32, [(300,), (600,), (257,)], flags,
                S.constant(), n_steps=2, grads_of=_special_grads)
     _compare(res)
@@ -289,3 +299,16 @@ def test_reference_specification_points():
     assert torch.equal(R.round_bfloat16(x, r).float(), x)
     y = torch.cat([torch.randn(7), x])
     assert torch.equal(R.random_bits(y, torch.tensor(4.0, dtype=F64), 1)[7:], r)
+
+
+@pytest.mark.xfail(strict=True, reason="the reference's round_bfloat16 adds the random bits to "
+                   "a NaN's bits too: a NaN with high payload bits (0xFFFFFFFF from torch's CPU "
+                   "maximum in its vector loop, CUDA's canonical 0x7FFFFFFF) carries into the "
+                   "sign bit and rounds to +0.0 / -0.0")
+def test_bfloat16_rounding_keeps_every_nan():
+    # state_format.py: "Values exactly representable in bfloat16 are stored unchanged; a
+    # NaN stays NaN"
+    nans = torch.tensor([0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF],
+                        dtype=torch.int64).to(torch.int32).view(torch.float32)
+    r = R.random_bits(nans, torch.tensor(1.0, dtype=F64), 0)
+    assert torch.isnan(R.round_bfloat16(nans, r)).all()

@@ -38,7 +38,7 @@ def _adam_body(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, m_sc, v_sc, x_sc, offs, mask, 
              _load_state(v_ptr, v_sc, offs, mask, start, n, CT, FORMAT, V_SIGNED) * b2)
     if AMSGRAD:
         vmax = tl.maximum(_load_state(x_ptr, x_sc, offs, mask, start, n, CT, FORMAT, X_SIGNED),
-                          v)
+                          v, propagate_nan=tl.PropagateNan.ALL)   # as torch.maximum
         _store_state(x_ptr, x_sc, offs, mask, vmax, start, n, step, X_SALT, FORMAT, X_SIGNED)
         denom = _div(_sqrt(vmax, FP64), bc2_sqrt, FP64) + eps
     else:

@@ -39,7 +39,8 @@ def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, mas
         ga = L._lerp(L._load_state(a_ptr, a_sc, offs, mask, start, n, CT, FORMAT, A_SIGNED), g,
                      w)
         L._store_state(a_ptr, a_sc, offs, mask, ga, start, n, step, A_SALT, FORMAT, A_SIGNED)
-        avg = L._sqrt(tl.maximum(L._fma(-ga, ga, sq), 0.0), FP64)
+        avg = L._sqrt(tl.maximum(L._fma(-ga, ga, sq), 0.0, propagate_nan=tl.PropagateNan.ALL),
+                      FP64)   # a NaN stays NaN, as the reference's clamp_min
     else:
         avg = L._sqrt(sq, FP64)
     avg = avg + eps
