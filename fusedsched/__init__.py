@@ -20,14 +20,14 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.1.0"
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "schedules"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "float32_state_dict", "schedules"]
 
-_OPTIMIZERS = ("SGD", "Momentum", "RMSprop", "Adam", "AdamW")
+_OPTIMIZERS = ("SGD", "Momentum", "RMSprop", "Adam", "AdamW", "float32_state_dict")
 _SUBMODULES = ("schedules", "optim", "kernels")
 
 if _TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from . import kernels, optim, schedules
-    from .optim import SGD, Adam, AdamW, Momentum, RMSprop
+    from .optim import SGD, Adam, AdamW, Momentum, RMSprop, float32_state_dict
 
 
 def __getattr__(name):

@@ -19,7 +19,7 @@ from torch.optim import optimizer as _optimizer
 
 from .. import schedules as S
 from ..kernels import ops
-from . import _aids, _backend, _flat
+from . import _aids, _backend, _flat, _precision
 from . import _validate
 from ._dtensor import _is_dtensor, _local_shards
 from ._plan import (_REAL_DTYPES, _PLAIN, _PLAIN_PARAMS, _Calls, _Memo, _Plan, _check_state,
@@ -85,7 +85,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         flat (bool): keep each group's parameters, grads and state in one contiguous
             buffer per device and dtype, stepped by one kernel call (``_flat.py``; the
             README says what it changes for ``p.grad``, ``p.data`` and ``zero_grad``);
-            TypeError when not a bool."""
+            TypeError when not a bool.
+        state_dtype (None, torch.bfloat16 or "8bit"): the precision of the moments
+            (``_precision.py``; the math is float32 in every case). None: the parameter's
+            dtype, as torch.optim. torch.bfloat16: bfloat16 moments, rounded
+            stochastically (0.5x the memory of float32 state). "8bit": one uint8 code per
+            element and one float32 scale per 256 elements (``state[key + "_scale"]``;
+            0.254x), stochastically rounded. For float32/float16/bfloat16 parameters
+            (ValueError at the step for float64 or complex ones); ValueError for any other
+            value. ``load_state_dict`` converts loaded moments to this format;
+            ``fusedsched.float32_state_dict`` converts ours for torch.optim."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -94,7 +103,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, backend, *, master_weights, stochastic_rounding,
-                 max_grad_norm, flat=False):
+                 max_grad_norm, flat=False, state_dtype=None):
+        self.state_dtype = _precision.check(state_dtype)
         self.flat = _flat.check(flat)
         self.backend = _backend.check_name(backend)
         self.max_grad_norm = _aids.check(master_weights, stochastic_rounding, max_grad_norm)
@@ -213,6 +223,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             lines.append("    master_weights: True")
         if getattr(self, "stochastic_rounding", False):
             lines.append("    stochastic_rounding: True")
+        if getattr(self, "state_dtype", None) is not None:
+            lines.append(f"    state_dtype: {self.state_dtype!r}")
         if getattr(self, "max_grad_norm", None) is not None:
             lines.append(f"    max_grad_norm: {self.max_grad_norm}")
         head, _, groups = super().__repr__().partition("\n")
@@ -490,10 +502,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _check_states(self, params):
         """The existing state of each parameter fits it (``_check_state``)."""
         lifted = _aids.lifted_dtypes(self)
+        fmt = _precision.format_of(self)
         for p in params:
             state = self.state.get(p)
             if state:
-                _check_state(p, state, lifted)
+                _check_state(p, state, lifted, fmt)
 
     def _check_param(self, p, g, device):
         """Raise the error that fits a parameter and grad that failed the quick test."""
@@ -561,10 +574,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 position.add_(1.0)
             return
         last = len(calls.lists) - 1 if advance else -1
-        for n, (ps, states, steps) in enumerate(calls.lists):
+        fmt = _precision.format_of(self)
+        for n, (ps, states, steps, scales) in enumerate(calls.lists):
             grads = [p.grad for p in ps]    # not map(attrgetter): dynamo cannot trace it
             kw = dict(schedule=program, position=position, grad_scale=grad_scale,
-                      found_inf=found_inf, advance_position=n == last)
+                      found_inf=found_inf, advance_position=n == last, state_format=fmt,
+                      scales=scales)
             if calls.plain and _contiguous(ps) and _contiguous(grads):
                 ops.call(self.algorithm, backend, ps, grads, states, steps, args, **kw)
             else:
@@ -589,7 +604,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
     _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
-                "rounding_seed", "_results", "flat")
+                "rounding_seed", "_results", "flat", "state_dtype")
 
     def __getstate__(self):
         """torch's (defaults, state, param_groups) plus this optimizer's settings and its
@@ -673,8 +688,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                                         f"{i}) must be a tensor, got {value!r}")
                     if key == "step":
                         _check_step(value, i)
-                    elif (isinstance(value, torch.Tensor)
-                            and value.shape != param.shape):
+                    elif (isinstance(value, torch.Tensor) and value.shape != param.shape
+                            and not key.endswith(_precision.SCALE)):
                         raise ValueError(f"loaded state {key!r} of group {i} has shape "
                                          f"{tuple(value.shape)}, its parameter "
                                          f"{tuple(param.shape)}")
@@ -694,8 +709,15 @@ class FusedOptimizer(torch.optim.Optimizer):
             device = group["params"][0].device if group["params"] else torch.device("cpu")
             group["schedule_position"] = group["schedule_position"].to(
                 device, torch.float64).clone().reshape(())
+            keys = self._state_keys(group)
             for index, p in zip(saved["params"], group["params"]):
                 state = self.state.get(p)
+                if state:
+                    # moments in this optimizer's state format, from the saved tensors
+                    native = (torch.float32 if p.dtype in _aids.lifted_dtypes(self)
+                              else p.dtype)
+                    state = self.state[p] = _precision.convert_loaded(
+                        self, p, state, state_dict["state"].get(index, {}), keys, native)
                 if state and p.dtype in _aids.lifted_dtypes(self):
                     # torch casts state to the parameter's dtype: keep float32 state and
                     # master copies of fp16/bf16 parameters as saved (bit-identical resume).

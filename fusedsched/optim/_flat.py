@@ -42,8 +42,9 @@ held by anything but the group's parameters (a base tensor, another view, anothe
 optimizer's bank) or whose elements overlap another's (adopting would break the
 sharing), non-contiguous, empty, complex, DTensor or other subclass parameters,
 parameters that do not require grad (no hook can be registered), a grad that is not a
-plain dense tensor of the parameter's dtype and shape at adoption, and float16/bfloat16
-parameters that ``master_weights`` or ``stochastic_rounding`` lift to float32.
+plain dense tensor of the parameter's dtype and shape at adoption, float16/bfloat16
+parameters that ``master_weights`` or ``stochastic_rounding`` lift to float32, and every
+parameter of an optimizer with reduced-precision state (``state_dtype``).
 """
 
 import collections
@@ -559,8 +560,11 @@ class FlatGroup:
         self.group = group
         lifted = _aids.lifted_dtypes(opt)
         params = group["params"]
+        # reduced-precision state (``state_dtype``) is stepped per tensor: a bank's state
+        # buffers are in the parameters' dtype
+        native = getattr(opt, "state_dtype", None) is None
         fits = [p for p in params
-                if type(p) in _PLAIN and p.dtype in _REAL and p.dtype not in lifted
+                if native and type(p) in _PLAIN and p.dtype in _REAL and p.dtype not in lifted
                 and p.requires_grad and p.numel() > 0 and p.is_contiguous()
                 and not p.is_sparse and p.device.type != "meta"
                 and (p.grad is None or (type(p.grad) is torch.Tensor and not p.grad.is_sparse
@@ -764,7 +768,8 @@ class Lists:
     __slots__ = ("lists", "plain")
 
     def __init__(self, lists):
-        self.lists, self.plain = lists, True
+        # banks hold native-format state only (``FlatGroup``): no 8-bit scale lists
+        self.lists, self.plain = [(ps, states, steps, None) for ps, states, steps in lists], True
 
 
 def finish(step, write_back):

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..kernels import ops
-from . import _aids
+from . import _aids, _precision
 
 _REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -169,23 +169,36 @@ def _device_scalar(value, device):
     return value.reshape(()).to(device, non_blocking=True)
 
 
-def _check_state(p, state, lifted):
+def _check_state(p, state, lifted, fmt="native"):
     """The state of a parameter that a step will update matches it (``p.data = ...`` can
     change a parameter under its state): ValueError for a shape, TypeError for a dtype
-    (float32 state of an fp16/bf16 parameter an aid lifts is its own), before anything is
-    written."""
+    (float32 state of an fp16/bf16 parameter an aid lifts is its own; the moments of
+    reduced-precision state, ``fmt``, are stored as ``_precision`` says), before anything
+    is written."""
     for key, value in state.items():
         if key == "step" or not isinstance(value, torch.Tensor):
+            continue
+        if fmt == "8bit" and key.endswith(_precision.SCALE):
+            problem = _precision.check_value(p, key, value, fmt)
+            if problem:
+                raise ValueError(problem)
             continue
         if value.shape != p.shape:
             raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, its parameter "
                              f"{tuple(p.shape)} (a parameter replaced with p.data = ...? "
                              f"reset its state: del optimizer.state[p])")
-        if value.dtype != p.dtype and not (p.dtype in lifted and value.dtype == torch.float32):
+        if _precision.is_moment(key, fmt):
+            problem = _precision.check_value(p, key, value, fmt)
+            if problem:
+                raise TypeError(problem)
+            if fmt == "8bit" and key + _precision.SCALE not in state:
+                raise ValueError(f"8-bit state {key!r} has no {key + _precision.SCALE!r} "
+                                 f"(reset its state: del optimizer.state[p])")
+        elif value.dtype != p.dtype and not (p.dtype in lifted
+                                             and value.dtype == torch.float32):
             raise TypeError(f"state {key!r} has dtype {value.dtype}, its parameter {p.dtype} "
                             f"(shape {tuple(p.shape)}; reset its state: "
                             f"del optimizer.state[p])")
-
 
 
 _is_contiguous = torch.Tensor.is_contiguous
@@ -197,7 +210,7 @@ def _contiguous(tensors):
 
 class _Calls:
     """The operator calls of one group's step: per dtype, (params, state lists in kernel
-    order, steps), with any missing state created. Kept in the group's memo while the
+    order, steps, the 8-bit scale lists or None), with any missing state created. Kept in the group's memo while the
     parameters with a grad and every per-parameter state dict are the same objects with
     the same values (``serves``); the gradients are read at each call."""
 
@@ -207,6 +220,10 @@ class _Calls:
         state = self.state = opt.state
         by_dtype = {}
         lifted = _aids.lifted_dtypes(opt)
+        fmt = _precision.format_of(opt)
+        if fmt != "native":
+            for p in params:
+                _precision.check_param(p, fmt)
         for p in params:
             s = state[p]
             if "step" not in s:
@@ -217,20 +234,22 @@ class _Calls:
                         or step.device != device or step.dim() != 0):
                     # a count set by hand as torch keeps it (float32, or a number)
                     s["step"] = torch.as_tensor(step).to(device, torch.float64).reshape(())
-            _check_state(p, s, lifted)
+            _check_state(p, s, lifted, fmt)
             for key in keys:
                 if key is not None and key not in s:
-                    s[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    _precision.create(s, key, p, fmt)
                     if key in opt._count_restarted_by:
                         s["step"] = torch.zeros((), dtype=torch.float64, device=device)
             by_dtype.setdefault(p.dtype, []).append(p)
         self.lists = [(ps, [None if k is None else [state[p][k] for p in ps] for k in keys],
-                       [state[p]["step"] for p in ps]) for ps in by_dtype.values()]
+                       [state[p]["step"] for p in ps],
+                       _precision.scales([state[p] for p in ps], keys, fmt))
+                      for ps in by_dtype.values()]
         self.states = [state[p] for p in params]
         self.keys, self.dicts = list(state), list(state.values())
         self.values = list(chain.from_iterable(map(dict.values, self.states)))
         self.plain = all(dtype in _REAL_DTYPES for dtype in by_dtype) and all(
-            _contiguous(s) for _, lists, _ in self.lists for s in lists if s is not None)
+            _contiguous(s) for _, lists, _, _ in self.lists for s in lists if s is not None)
 
     def serves(self, state, params):
         """``state`` (the optimizer's, which ``load_state_dict`` replaces) holds for

@@ -44,7 +44,8 @@ class Adam(FusedOptimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  schedule=None, backend="auto", master_weights=False,
-                 stochastic_rounding=False, max_grad_norm=None, flat=False):
+                 stochastic_rounding=False, max_grad_norm=None, flat=False,
+                 state_dtype=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize,
                         **drop_in(foreach=foreach, capturable=capturable,
@@ -52,7 +53,7 @@ class Adam(FusedOptimizer):
                         decoupled_weight_decay=decoupled_weight_decay, schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
-                         flat=flat)
+                         flat=flat, state_dtype=state_dtype)
 
     def _check_group(self, group):
         common(group)
@@ -88,14 +89,15 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, schedule=None, backend="auto",
-                 master_weights=False, stochastic_rounding=False, max_grad_norm=None, flat=False):
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None, flat=False,
+                 state_dtype=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, schedule=schedule, backend=backend,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
-                         flat=flat)
+                         flat=flat, state_dtype=state_dtype)
 
 
 AdamW.__doc__ = derive(

@@ -41,7 +41,8 @@ class RMSprop(FusedOptimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, capturable=False, foreach=None, maximize=False,
                  differentiable=False, schedule=None, backend="auto", master_weights=False,
-                 stochastic_rounding=False, max_grad_norm=None, flat=False):
+                 stochastic_rounding=False, max_grad_norm=None, flat=False,
+                 state_dtype=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize,
                         **drop_in(capturable=capturable, foreach=foreach,
@@ -49,7 +50,7 @@ class RMSprop(FusedOptimizer):
                         schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
-                         flat=flat)
+                         flat=flat, state_dtype=state_dtype)
 
     def _check_group(self, group):
         common(group)

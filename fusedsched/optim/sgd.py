@@ -44,14 +44,15 @@ class SGD(FusedOptimizer):
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
                  fused=None, schedule=None, backend="auto", master_weights=False,
-                 stochastic_rounding=False, max_grad_norm=None, flat=False):
+                 stochastic_rounding=False, max_grad_norm=None, flat=False,
+                 state_dtype=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         **drop_in(foreach=foreach, differentiable=differentiable, fused=fused),
                         schedule=schedule)
         super().__init__(params, defaults, backend, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
-                         flat=flat)
+                         flat=flat, state_dtype=state_dtype)
 
     def _check_group(self, group):
         common(group)
@@ -88,13 +89,14 @@ class Momentum(SGD):
     def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
                  fused=None, schedule=None, backend="auto", master_weights=False,
-                 stochastic_rounding=False, max_grad_norm=None, flat=False):
+                 stochastic_rounding=False, max_grad_norm=None, flat=False,
+                 state_dtype=None):
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
                          maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused, schedule=schedule, backend=backend,
                          master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm,
-                         flat=flat)
+                         flat=flat, state_dtype=state_dtype)
 
     def _check_group(self, group):
         super()._check_group(group)
