@@ -20,6 +20,8 @@ from fusedsched.kernels import ops
 from fusedsched.kernels import state_format as F
 from fusedsched.kernels.reference import _state as R
 
+from _kernel_cases import ADAM_FLAGS, ALGO_IDS, ALGOS, RMS_FLAGS, SGD_FLAGS  # noqa: F401
+
 F64 = torch.float64
 BACKENDS = ["triton"]
 SHAPES = [(0,), (1,), (255,), (256,), (257,), (5000,)]
@@ -179,17 +181,6 @@ def _compare(results):
     assert ours[4].item() == reference[4].item()
 
 
-ADAM_FLAGS = [dict(amsgrad=a, decoupled=d, maximize=m, wd=w)
-              for a, d, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.1), (True, True, True, 0.05)]]
-SGD_FLAGS = [dict(momentum=mo, nesterov=n, maximize=m, wd=w)
-             for mo, n, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (True, True, False, 0.05), (True, False, False, 0.0)]]
-RMS_FLAGS = [dict(centered=c, momentum=mo, maximize=m, wd=w)
-             for c, mo, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.05), (True, True, True, 0.1)]]
-ALGOS = [("adam", ADAM_FLAGS), ("sgd", SGD_FLAGS), ("rmsprop", RMS_FLAGS)]
-ALGO_IDS = [a for a, _ in ALGOS]
 WARMUP_COSINE = S.warmup(S.cosine(6, 0.1), 2)
 
 

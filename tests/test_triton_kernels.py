@@ -29,6 +29,8 @@ from fusedsched.kernels.triton import rmsprop as tri_rmsprop  # noqa: E402
 from fusedsched.kernels.triton import sgd as tri_sgd  # noqa: E402
 from fusedsched.kernels.triton.schedule import INTERPRET, evaluate  # noqa: E402
 
+from _kernel_cases import ADAM_FLAGS, ALGOS, RMS_FLAGS, SGD_FLAGS  # noqa: E402,F401
+
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="triton was imported before "
                                 "TRITON_INTERPRET=1 was set (set it in tests/conftest.py)")
 
@@ -222,17 +224,7 @@ def _compare(results, dtype):
             torch.testing.assert_close(a, b, **tol)
 
 
-ADAM_FLAGS = [dict(amsgrad=a, decoupled=d, maximize=m, wd=w)
-              for a, d, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.1), (True, True, True, 0.05)]]
-SGD_FLAGS = [dict(momentum=mo, nesterov=n, maximize=m, wd=w)
-             for mo, n, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (True, True, False, 0.05), (False, False, True, 0.1)]]
-RMS_FLAGS = [dict(centered=c, momentum=mo, maximize=m, wd=w)
-             for c, mo, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.05), (True, True, True, 0.1)]]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-ALGOS = [("adam", ADAM_FLAGS), ("sgd", SGD_FLAGS), ("rmsprop", RMS_FLAGS)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -509,7 +501,7 @@ def test_interpreted_kernels_do_not_rest_on_numpy(monkeypatch):
     ts = list(range(0, 25)) + BIG_T
     for sched in PORTABILITY_SCHEDULES:
         _assert_equals_reference(_evaluate(sched, ts), _reference_evaluate(sched, ts), sched)
-    for algo, flags in (("adam", ADAM_FLAGS[3]), ("sgd", SGD_FLAGS[2]), ("rmsprop", RMS_FLAGS[3])):
+    for algo, flags in (("adam", ADAM_FLAGS[3]), ("sgd", SGD_FLAGS[3]), ("rmsprop", RMS_FLAGS[3])):
         for sched in (S.one_cycle(6, pct_start=0.4),
                       S.cyclic(0.2, 2, mode="exp_range", gamma=0.9)):
             _compare(_run(algo, F64, [(5,), (0,), (300,)], flags, sched, n_steps=4), F64)
