@@ -62,9 +62,9 @@ def test_state_formats_compile_within_the_goals():
 def test_variant_space_and_goal_check():
     from fusedsched.cli import aot as cli
     from fusedsched.kernels.triton import aot
-    # flag sets x dtypes: native and 8bit every dtype, bfloat16 all but fp64
-    assert len(aot.jobs_for("sm_90")) == (24 + 32 + 32) * (4 + 3 + 4)
-    assert {fmt for *_, fmt, dt in aot.jobs_for("sm_90") if dt == "fp64"} == {"native", "8bit"}
+    # flag sets x dtypes: native every dtype, bfloat16 and 8bit all but fp64
+    assert len(aot.jobs_for("sm_90")) == (24 + 32 + 32) * (4 + 3 + 3)
+    assert {fmt for *_, fmt, dt in aot.jobs_for("sm_90") if dt == "fp64"} == {"native"}
     assert not any(f["NESTEROV"] and not f["USE_MOMENTUM"] for _, f in aot.variants("sgd"))
     rows = [dict(optimizer="adam", variant="plain", dtype="fp32", arch="sm_90", n_regs=64,
                  n_spills=0, max_load_bits=128),

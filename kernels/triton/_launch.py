@@ -525,11 +525,12 @@ def _check_stored(fmt, params, states, scales):
     contiguous, of ``fmt``'s dtype, on the params' device with its parameter's numel, and,
     for "8bit", its ``scales`` tensor (same place in ``scales``) plain, contiguous, fp32,
     on that device with one element per 256-element block: the kernel writes every one.
-    TypeError for fp64 parameters with "bfloat16" states (not a format of fp64 math)."""
+    TypeError for fp64 parameters: the stored formats are formats of float32 math (the
+    optimizers refuse them too; so does every backend)."""
     dtype, device = params[0].dtype, params[0].device
-    if fmt == "bfloat16" and dtype == torch.float64:
-        raise TypeError("triton backend: state_format='bfloat16' takes float32, float16 "
-                        "or bfloat16 parameters, not float64")
+    if dtype == torch.float64:
+        raise TypeError(f"triton backend: state_format={fmt!r} takes float32, float16 or "
+                        "bfloat16 parameters, not float64")
     want = [(STATE_DTYPE[fmt], lambda n: n)]
     if fmt == "8bit":
         want.append((torch.float32, SF.n_blocks))

@@ -5,8 +5,8 @@ compile-time flags x state format x dtype, in the ALIGNED form that the 16-byte-
 tensors of a normal allocation select) with ``triton.compile`` for a ``GPUTarget`` and
 returns one row per variant: optimizer, variant, format, dtype, arch, n_regs, n_spills,
 max_load_bits. State formats (``kernels/state_format.py``): "native" for every dtype,
-"bfloat16" for the 32- and 16-bit ones (not a format of fp64 math: the launcher refuses
-it), "8bit" for all. Registers and
+"bfloat16" and "8bit" for the 32- and 16-bit ones (formats of float32 math: the launcher
+refuses fp64 parameters with them). Registers and
 spills come from ``cuobjdump -res-usage`` on the cubin (REG, and LOCAL = spilled bytes per
 thread; ``CompiledKernel.n_regs`` is only filled in when a driver loads the binary);
 max_load_bits is the widest ``ld.global`` in the PTX.
@@ -47,7 +47,8 @@ FLAGS = {
 }
 _BLOCK = {"fp32": 512, "fp16": 1024, "bf16": 1024, "fp64": 256}  # = _launch.BLOCK
 FORMATS = ("native", "bfloat16", "8bit")        # = state_format.FORMATS
-FORMAT_DTYPES = {"native": DTYPES, "bfloat16": ("fp32", "fp16", "bf16"), "8bit": DTYPES}
+FORMAT_DTYPES = {"native": DTYPES, "bfloat16": ("fp32", "fp16", "bf16"),
+                 "8bit": ("fp32", "fp16", "bf16")}
 
 
 def _valid(optimizer, flags):
