@@ -380,6 +380,34 @@ def test_tables_are_cached():
     assert h1.dtype == F64 and h1.tolist() == [0.1, 0.9]
 
 
+def test_state_format_tables():
+    # "8bit" rows: the native row, then the scale pointers of the three states (0 where a
+    # state is off); a table checked for one format serves no other, even on the very
+    # tensors (bf16 params and bf16 states are "native" and "bfloat16" alike)
+    from fusedsched.kernels.triton import _launch as L
+    params = [torch.zeros(300), torch.zeros(0)]
+    grads = [torch.zeros(300), torch.zeros(0)]
+    steps = [torch.zeros((), dtype=F64) for _ in params]
+    codes = [[torch.zeros(p.shape, dtype=torch.uint8) for p in params] for _ in range(2)]
+    scales = [[torch.zeros(2), torch.zeros(0)], [torch.zeros(2), torch.zeros(0)], None]
+    t = L.tables(params, grads, codes + [None], steps, "8bit", scales)
+    rows = t.tab.view(-1, L.ROW_8BIT)
+    assert rows.shape == (2, L.ROW_8BIT) and t.n_blocks == 1
+    assert rows[0, L.ROW:].tolist() == [scales[0][0].data_ptr(), scales[1][0].data_ptr(), 0]
+    assert L.tables(params, grads, codes + [None], steps, "8bit", scales) is t
+    with pytest.raises(ValueError, match="2 elements"):      # one scale per 256 elements
+        L.tables(params, grads, codes + [None], steps, "8bit",
+                 [[torch.zeros(1), torch.zeros(0)]] + scales[1:])
+    half = [torch.zeros(4, dtype=torch.bfloat16)]
+    state = [[torch.zeros(4, dtype=torch.bfloat16)]]
+    one = [torch.zeros((), dtype=F64)]
+    native = L.tables(half, half, state, one, "native")
+    assert L.tables(half, half, state, one, "bfloat16") is not native
+    assert L.tables(half, half, state, one, "native") is native
+    with pytest.raises(ValueError, match="bfloat16"):         # fp32 state is not bfloat16
+        L.tables(params, grads, [[torch.zeros(300), torch.zeros(0)]], steps, "bfloat16")
+
+
 def test_reference_fma_is_correctly_rounded():
     # The reference's fma (torch.addcmul) and so the interpreted _fma round once, as the
     # compiled kernels' fma.rn does: checked against exact rational arithmetic (fp32).

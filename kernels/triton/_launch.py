@@ -36,8 +36,6 @@ the tables of capture time: a graph must be captured again if parameters, gradie
 state are reallocated.
 """
 
-import functools
-
 import numpy as np
 import torch
 import triton
@@ -579,7 +577,7 @@ class _DeviceTable:
     __slots__ = ("buf", "rows", "tab", "blk", "n_blocks", "aligned")
 
 
-def _build(fmt, params, grads, columns, steps):
+def _build(params, grads, columns, steps, fmt):
     """The table of one launch in format ``fmt``: ``columns`` the state lists (None where
     off), then for "8bit" their scale lists in the same order."""
     n_states = len(columns) // 2 if fmt == "8bit" else len(columns)
@@ -623,9 +621,9 @@ def _regrad(table, grad_ptrs):
     _upload(torch.from_numpy(table.rows.reshape(-1)), table.tab)
 
 
-# one cache per state format: a table is checked for the format it is built for (a state
-# tensor's dtype decides how many bytes the kernel reads and writes)
-_TABLES = {fmt: TableCache(functools.partial(_build, fmt), _regrad) for fmt in SF.FORMATS}
+# a table is checked for the format it is built for (a state tensor's dtype decides how
+# many bytes the kernel reads and writes) and serves no other (``lookup``'s checks)
+_TABLES = TableCache(_build, _regrad)
 # What launches captured into CUDA graphs read (tables, hyperparameter buffers): kept alive
 # here, since a graph replays its kernels on these addresses after the caches have moved
 # on. Grows only with captures.
@@ -642,7 +640,7 @@ def tables(params, grads, states, steps, state_format="native", scales=None):
         if scales is None:
             raise ValueError("triton backend: state_format='8bit' needs scales")
         columns += [None if lst is None else scales[k] for k, lst in enumerate(states)]
-    return _TABLES[state_format].lookup(params, grads, columns, steps)
+    return _TABLES.lookup(params, grads, columns, steps, fmt=state_format)
 
 
 def hyperparameters(device, values):
