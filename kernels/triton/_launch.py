@@ -1,13 +1,14 @@
 """What the Triton kernels of all algorithms share: on the host, tensor tables, the fp64
 hyperparameter buffer, the schedule program, counters, the variant choice and the launch
 (``launch``); on the device, the kernel prologue (``_proceed``, ``_chunk``, ``_schedule``,
-``_grad_scale``), the param/grad/state loads and stores (``_load_pg``, ``_load``, ``_store``)
-and the correctly rounded math helpers.
+``_grad_scale``, ``_offsets``), the param/grad/state loads and stores (``_load_pg``,
+``_load``, ``_store``; ``_load_state``/``_store_state`` in each state format of
+``kernels/state_format.py``) and the correctly rounded math helpers.
 
 One launch per step for the whole tensor list. The kernel reads an int64 *tensor table*
-(one row per tensor: numel, then the data pointers of param, grad, state..., and the
-address of its 0-dim float64 step) and an int64 *block table* (one row per program:
-tensor index, first element). Pointers are cast in the kernel with
+(one row per tensor: numel, then the data pointers of param, grad, state..., the address
+of its 0-dim float64 step, and in the "8bit" format the states' scale pointers) and an
+int64 *block table* (one row per program: tensor index, first element). Pointers are cast in the kernel with
 ``.to(tl.pointer_type(DTYPE))``; this works under ``TRITON_INTERPRET=1`` too (checked).
 Both tables live in one device buffer, cached across steps by the rule of
 ``kernels/address_table.py`` (the Numba backend's rule too): a step whose tensors did not

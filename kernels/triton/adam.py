@@ -5,6 +5,10 @@ negates the (unscaled) grad; coupled wd grad = fma(p, wd, grad), decoupled p *= 
 lerp; exp_avg_sq = fma((1-beta2)*g, g, v*beta2); bias corrections from step+1 in fp64; amsgrad
 max; denom = sqrt(v)/sqrt(bc2) + eps; p += (-step_size)*m/denom. fp32 ``/`` and ``sqrt``
 are ``div_rn``/``sqrt_rn`` (Triton's default fp32 ``/`` is the approximate div.full.f32).
+
+States are stored in ``FORMAT`` (``kernels/state_format.py``: native, bfloat16 rounded
+stochastically, 8-bit blockwise codes), through ``_load_state``/``_store_state``; the
+parameter update uses each new state value before it is rounded for storage.
 """
 
 import triton

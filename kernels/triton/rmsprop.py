@@ -9,6 +9,10 @@ momentum: buf = m*buf + g/avg, read on every update as the reference and torch d
 optimizer zero-initializes it: a first update gives 0*m + g/avg, +0 where g/avg is -0),
 p = fma(buf, -lr_t, p); else p += (-lr_t)*g/avg. Each fma is rounded once, as the
 reference's.
+
+States are stored in ``FORMAT`` (``kernels/state_format.py``: native, bfloat16 rounded
+stochastically, 8-bit blockwise codes), through ``_load_state``/``_store_state``; the
+parameter update uses each new state value before it is rounded for storage.
 """
 
 import triton

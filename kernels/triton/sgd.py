@@ -5,6 +5,10 @@ negates the (unscaled) grad; grad = fma(p, wd, grad) (when wd != 0, a runtime br
 momentum: buf = grad on the parameter's first update (step == 0, as torch clones the
 grad), else fma(grad, 1-dampening, buf*momentum); nesterov grad = fma(buf, momentum, grad),
 else grad = buf; p = fma(grad, -lr_t, p). Each fma is rounded once, as the reference's.
+
+States are stored in ``FORMAT`` (``kernels/state_format.py``: native, bfloat16 rounded
+stochastically, 8-bit blockwise codes), through ``_load_state``/``_store_state``; the
+parameter update uses each new state value before it is rounded for storage.
 """
 
 import triton
