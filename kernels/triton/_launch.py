@@ -8,8 +8,9 @@ hyperparameter buffer, the schedule program, counters, the variant choice and th
 One launch per step for the whole tensor list. The kernel reads an int64 *tensor table*
 (one row per tensor: numel, then the data pointers of param, grad, state..., the address
 of its 0-dim float64 step, and in the "8bit" format the states' scale pointers) and an
-int64 *block table* (one row per program: tensor index, first element). Pointers are cast in the kernel with
-``.to(tl.pointer_type(DTYPE))``; this works under ``TRITON_INTERPRET=1`` too (checked).
+int64 *block table* (one row per program: tensor index, first element). Pointers are cast
+in the kernel with ``.to(tl.pointer_type(DTYPE))``; this works under ``TRITON_INTERPRET=1``
+too (checked).
 Both tables live in one device buffer, cached across steps by the rule of
 ``kernels/address_table.py`` (the Numba backend's rule too): a step whose tensors did not
 move uploads nothing, one whose gradients moved uploads the tensor table's rows again.

@@ -171,7 +171,8 @@ def _compile_rows(arch, var_list, dtypes, fmt="native"):
             regs, spill = _res_usage(ck.asm["cubin"])
             rows.append({"optimizer": opt,
                          "variant": ",".join(k for k, v in flags.items() if v) or "plain",
-                         "format": fmt, "dtype": dt, "arch": f"sm_{cap}", "n_regs": regs, "n_spills": spill,
+                         "format": fmt, "dtype": dt, "arch": f"sm_{cap}", "n_regs": regs,
+                         "n_spills": spill,
                          "max_load_bits": _load_bits(ck.asm["ptx"]), "schedule": "program",
                          "compile_s": round(compile_s, 2)})
     return rows

@@ -105,5 +105,6 @@ def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
              [square_avgs, grad_avgs if centered else None, momentum_buffers], steps, hyper,
              schedule=schedule, position=position, grad_scale=grad_scale,
              found_inf=found_inf, advance_position=advance_position,
-             state_format=state_format, scales=scales, CENTERED=bool(centered), USE_MOMENTUM=momentum_buffers is not None,
+             state_format=state_format, scales=scales, CENTERED=bool(centered),
+             USE_MOMENTUM=momentum_buffers is not None,
              MAXIMIZE=bool(hyper["maximize"]))
