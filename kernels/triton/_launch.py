@@ -475,7 +475,14 @@ NUM_WARPS = 4
 # compiles with no spill (LOCAL 0) and keeps its 128-bit accesses (`fusedsched aot`), so
 # 4 warps x 64 registers lets 8 blocks (1024 threads... 2048 on sm_90) stay resident.
 MAXNREG = 64
-LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "maxnreg": MAXNREG}  # also what `aot` compiles
+# No floating-point contraction: by default Triton lets LLVM fuse a multiply into a
+# following add (checked: ``x * y + w`` compiles to one fma.rn.f32), which rounds once where
+# the reference, torch's separate CUDA kernels, rounds twice -- Adam's decoupled decay
+# ``p * decay`` before the update's add, RMSprop's ``buf * momentum + g / avg``, an 8-bit
+# state's ``magnitude * scale`` into lerp's subtraction. The kernels fuse only where the
+# reference does, with ``_fma`` (tl.fma stays one fma.rn).
+LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "maxnreg": MAXNREG,
+                  "enable_fp_fusion": False}  # also what `aot` compiles
 TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
             torch.float64: "fp64"}
 ROW = 8  # int64 slots per tensor-table row: numel, p, g, s1, s2, s3, step, pad
