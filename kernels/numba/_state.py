@@ -120,7 +120,7 @@ def bits_to_float(typingctx, b):
     return types.float32(types.uint32), codegen
 
 
-@intrinsic
+@intrinsic(prefer_literal=True)
 def decode8(typingctx, code, signed, offset, sub_step):
     """The signed magnitude (float32) of 8-bit ``code`` (uint8), before its block's scale:
     code ``c`` (sign bit cleared when ``signed``) is ``bits(c << 20 + offset)`` for ``c >=
@@ -128,24 +128,28 @@ def decode8(typingctx, code, signed, offset, sub_step):
     ``c * sub_step`` below (subnormal, ``sub_step = T / 8``), negated for a signed code
     with bit 7 set (``reference._state.magnitude`` and ``dequantize``; the negation commutes
     with the scale's multiplication)."""
-    if (code != types.uint8 or signed != types.boolean or offset != types.uint32
-            or sub_step != types.float32):
+    if (code != types.uint8 or not isinstance(signed, types.BooleanLiteral)
+            or offset != types.uint32 or sub_step != types.float32):
         return None
+    is_signed = signed.literal_value
 
     def codegen(context, builder, signature, args):
-        c8, sgn, off, step = args
+        c8, _, off, step = args
         c = builder.zext(c8, _I32)
-        m = builder.select(sgn, builder.and_(c, _c(127)), c)
+        m = builder.and_(c, _c(127)) if is_signed else c
         normal = builder.bitcast(builder.add(builder.shl(m, _c(_CODE_SHIFT)), off), _F32)
         sub = builder.fmul(builder.uitofp(m, _F32), step)
         mag = builder.select(builder.icmp_unsigned(">=", m, _c(1 << F.MANTISSA_BITS)), normal, sub)
-        neg = builder.and_(sgn, builder.icmp_unsigned(">=", c, _c(128)))
-        return builder.select(neg, builder.fneg(mag), mag)
+        if not is_signed:
+            return mag
+        # bit 7 of the code is the sign bit of the value
+        sign = builder.shl(builder.and_(c, _c(128)), _c(24))
+        return builder.bitcast(builder.xor(builder.bitcast(mag, _I32), sign), _F32)
 
-    return types.float32(types.uint8, types.boolean, types.uint32, types.float32), codegen
+    return types.float32(code, signed, offset, sub_step), codegen
 
 
-@intrinsic
+@intrinsic(prefer_literal=True)
 def encode8(typingctx, x, inv, r, signed, smallest, rebase, top):
     """The 8-bit code (uint8) of float32 ``x`` in a block with ``inv = MAX_MAGNITUDE /
     absmax`` (0 for absmax 0), random bits ``r`` (uint32) and the state's constants
@@ -153,35 +157,39 @@ def encode8(typingctx, x, inv, r, signed, smallest, rebase, top):
     ``reference._state.quantize``: ``y = min(|x| * inv, MAX_MAGNITUDE)`` (NaN stays NaN,
     as ``clamp_max``), ``y + T`` below T, the bits plus ``r``'s low 20 shifted right by 20,
     rebased (8 less for a shifted value), at most ``top``; then the sign bit (signed) or
-    at least code 1 for a positive value (non-negative)."""
+    at least code 1 for a positive value (non-negative).
+
+    ``bits(y) + (r & (2**20 - 1))`` cannot wrap in 32 bits: ``y`` is at most 1.875, or a
+    NaN that is ``|x|``'s (sign bit clear) or the product ``inf * 0`` (``inv`` is finite),
+    x86's default NaN 0xFFC00000."""
     if (x != types.float32 or inv != types.float32 or r != types.uint32
-            or signed != types.boolean or smallest != types.float32
+            or not isinstance(signed, types.BooleanLiteral) or smallest != types.float32
             or rebase != types.uint32 or top != types.uint32):
         return None
+    is_signed = signed.literal_value
 
     def codegen(context, builder, signature, args):
-        xv, iv, rv, sgn, t, rb, tp = args
-        low = _c(F.CODE_RANDOM_MASK)
+        xv, iv, rv, _, t, rb, tp = args
         a = builder.bitcast(builder.and_(builder.bitcast(xv, _I32), _c(0x7FFFFFFF)), _F32)
         y = builder.fmul(a, iv)
         top_magnitude = ir.Constant(_F32, F.MAX_MAGNITUDE)
         y = builder.select(builder.fcmp_ordered(">", y, top_magnitude), top_magnitude, y)
         small = builder.fcmp_ordered("<", y, t)
         y = builder.select(small, builder.fadd(y, t), y)
-        b = builder.bitcast(y, _I32)
-        code = builder.add(builder.lshr(b, _c(_CODE_SHIFT)),
-                           builder.lshr(builder.add(builder.and_(b, low), builder.and_(rv, low)),
-                                        _c(_CODE_SHIFT)))
-        code = builder.sub(code, builder.add(rb, builder.select(small, _c(1 << F.MANTISSA_BITS), _c(0))))
+        b = builder.add(builder.bitcast(y, _I32), builder.and_(rv, _c(F.CODE_RANDOM_MASK)))
+        code = builder.sub(builder.lshr(b, _c(_CODE_SHIFT)),
+                           builder.add(rb, builder.select(small, _c(1 << F.MANTISSA_BITS), _c(0))))
         code = builder.select(builder.icmp_unsigned(">", code, tp), tp, code)
         zero = ir.Constant(_F32, 0.0)
-        with_sign = builder.or_(code, builder.select(builder.fcmp_ordered("<", xv, zero), _c(128), _c(0)))
-        at_least_1 = builder.select(builder.icmp_unsigned("<", code, _c(1)), _c(1), code)
-        positive = builder.select(builder.fcmp_ordered(">", xv, zero), at_least_1, code)
-        return builder.trunc(builder.select(sgn, with_sign, positive), ir.IntType(8))
+        if is_signed:
+            code = builder.or_(code, builder.select(builder.fcmp_ordered("<", xv, zero),
+                                                    _c(128), _c(0)))
+        else:
+            at_least_1 = builder.select(builder.icmp_unsigned("<", code, _c(1)), _c(1), code)
+            code = builder.select(builder.fcmp_ordered(">", xv, zero), at_least_1, code)
+        return builder.trunc(code, ir.IntType(8))
 
-    return types.uint8(types.float32, types.float32, types.uint32, types.boolean,
-                       types.float32, types.uint32, types.uint32), codegen
+    return types.uint8(x, inv, r, signed, smallest, rebase, top), codegen
 
 
 # ------------------------------------------------------------------------ state handles
@@ -193,15 +201,14 @@ class BF16(NamedTuple):
 
 
 class Q8(NamedTuple):
-    """An 8-bit state piece (see the module docstring); ``scale`` and ``lo`` are those of
-    the current block (``at_block``)."""
+    """An 8-bit piece of a non-negative state (see the module docstring); ``scale`` and
+    ``lo`` are those of the current block (``at_block``); the rest the code's constants."""
     codes: object
     scales: object
     buf: object
     scale: object
     lo: object
     mix: object
-    signed: object
     offset: object
     sub_step: object
     smallest: object
@@ -209,8 +216,21 @@ class Q8(NamedTuple):
     top: object
 
 
+class Q8Signed(Q8):
+    """An 8-bit piece of a signed state (its own type: the code's sign bit is compiled in,
+    not selected per element)."""
+
+
 def _is(h, cls):
-    return isinstance(h, types.BaseNamedTuple) and h.instance_class is cls
+    if not isinstance(h, types.BaseNamedTuple):
+        return False
+    if cls is Q8:
+        return h.instance_class in (Q8, Q8Signed)
+    return h.instance_class is cls
+
+
+def _signed(h):
+    return _is(h, Q8Signed)
 
 
 _M32 = np.uint64(F.MASK32)
@@ -236,7 +256,7 @@ def state_at(fmt, ptrs, i, column, step_column, size, a, b, marker, signed, buf)
     ``column - 2``."""
 
 
-@overload(state_at)
+@overload(state_at, prefer_literal=True)
 def _ol_state_at(fmt, ptrs, i, column, step_column, size, a, b, marker, signed, buf):
     if fmt == types.int8:
         def impl(fmt, ptrs, i, column, step_column, size, a, b, marker, signed, buf):
@@ -246,19 +266,24 @@ def _ol_state_at(fmt, ptrs, i, column, step_column, size, a, b, marker, signed, 
             return BF16(view(ptrs[i, column], size, np.int16(0))[a:b],
                         piece_mix(ptrs, i, step_column, column - 2))
     elif fmt == types.uint8:
+        if not isinstance(signed, types.BooleanLiteral):
+            return None
+        is_signed = signed.literal_value
+        cls = Q8Signed if is_signed else Q8
+        e = F.exponent_bits(is_signed)
+        bias = F.bias(is_signed)
+        offset, sub_step = np.uint32((127 - bias) << 23), np.float32(F.smallest_normal(is_signed) / 8)
+        smallest, rebase = np.float32(F.smallest_normal(is_signed)), np.uint32(F.rebase(is_signed))
+        top = np.uint32(F.top_code(is_signed))
+        assert sub_step == F.smallest_normal(is_signed) / (1 << F.MANTISSA_BITS) and e
+
         def impl(fmt, ptrs, i, column, step_column, size, a, b, marker, signed, buf):
             n_blocks = (size + F.BLOCK_SIZE - 1) // F.BLOCK_SIZE
             scales = view(ptrs[i, column + step_column - 1], n_blocks, np.float32(0))
-            e = F.SIGNED_EXPONENT_BITS if signed else F.UNSIGNED_EXPONENT_BITS
-            bias = (1 << e) - 1
-            return Q8(view(ptrs[i, column], size, np.uint8(0))[a:b],
-                      scales[a // F.BLOCK_SIZE:(b + F.BLOCK_SIZE - 1) // F.BLOCK_SIZE], buf,
-                      np.float32(0.0), a - a, piece_mix(ptrs, i, step_column, column - 2),
-                      np.bool_(signed), np.uint32((127 - bias) << 23),
-                      np.float32(2.0 ** (1 - bias) / (1 << F.MANTISSA_BITS)),
-                      np.float32(2.0 ** (1 - bias)),
-                      np.uint32((127 - bias) << F.MANTISSA_BITS),
-                      np.uint32((1 << (e + F.MANTISSA_BITS)) - 1))
+            return cls(view(ptrs[i, column], size, np.uint8(0))[a:b],
+                       scales[a // F.BLOCK_SIZE:(b + F.BLOCK_SIZE - 1) // F.BLOCK_SIZE], buf,
+                       np.float32(0.0), a - a, piece_mix(ptrs, i, step_column, column - 2),
+                       offset, sub_step, smallest, rebase, top)
     else:
         return None
     return impl
@@ -290,9 +315,11 @@ def at_block(h, k, lo):
 @overload(at_block)
 def _ol_at_block(h, k, lo):
     if _is(h, Q8):
+        cls = h.instance_class
+
         def impl(h, k, lo):
-            return Q8(h.codes, h.scales, h.buf, h.scales[k], lo, h.mix, h.signed, h.offset,
-                      h.sub_step, h.smallest, h.rebase, h.top)
+            return cls(h.codes, h.scales, h.buf, h.scales[np.uint64(k)], lo, h.mix, h.offset,
+                       h.sub_step, h.smallest, h.rebase, h.top)
         return impl
     return lambda h, k, lo: h
 
@@ -307,6 +334,7 @@ def flush(h, k, lo, hi):
 def _ol_flush(h, k, lo, hi):
     if not _is(h, Q8):
         return lambda h, k, lo, hi: None
+    signed = _signed(h)
 
     def impl(h, k, lo, hi):
         buf, codes = h.buf, h.codes
@@ -319,7 +347,7 @@ def _ol_flush(h, k, lo, hi):
         inv = top / absmax if absmax > np.float32(0.0) else np.float32(0.0)
         for j in range(m):
             x = np.float32(buf[np.uint64(j)])
-            codes[np.uint64(lo + j)] = encode8(x, inv, random_bits(x, h.mix), h.signed,
+            codes[np.uint64(lo + j)] = encode8(x, inv, random_bits(x, h.mix), signed,
                                                h.smallest, h.rebase, h.top)
         h.scales[np.uint64(k)] = absmax / top
     return impl
@@ -334,7 +362,8 @@ def _ol_state_load(h, j):
     if _is(h, BF16):
         return lambda h, j: bf16_to_float(h.bits[np.uint64(j)])
     if _is(h, Q8):
-        return lambda h, j: decode8(h.codes[np.uint64(j)], h.signed, h.offset,
+        signed = _signed(h)
+        return lambda h, j: decode8(h.codes[np.uint64(j)], signed, h.offset,
                                     h.sub_step) * h.scale
     return None
 

@@ -233,8 +233,10 @@ def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
     sq = state_at(fmt, ptrs, i, _SQ, _STEP, size, a, b, marker, False, scratch[3])
-    ga = sq                            # a handle of the same type, never used
-    bf = sq
+    # a signed state's handle where a list is off, never used: over square_avgs, read
+    # nowhere (a handle of the 8-bit format reads its scales' address when made)
+    ga = state_at(fmt, ptrs, i, _SQ, _STEP, size, a, b, marker, True, scratch[4])
+    bf = ga
     if centered:
         ga = state_at(fmt, ptrs, i, _GAVG, _STEP, size, a, b, marker, True, scratch[4])
     if has_buf:
