@@ -22,7 +22,9 @@ schedule encoding ("schedule: program" in the rows).
 Goals (``goals(rows)``): no spills, at most 64 registers, 128-bit global loads for fp32 (and
 recorded for every dtype). Before the register cap (triton 3.8.0): Adam sm_90 fp32 62-66,
 fp16/bf16 68-72, fp64 62-68 registers; sm_80 fp32 64, fp64 62-68, 16-bit 66-72. With it: 64
-everywhere it was above, no spills, 128-bit loads kept.
+everywhere it was above, no spills, 128-bit loads kept. With the state formats and no
+floating-point contraction (880 variants, sm_90): no spills, 128-bit loads everywhere;
+registers SGD 58-62 (8bit 58-64), RMSprop 60-64 (8bit 62-64), Adam 62-64 (8bit 64).
 
 Time: ~1-3 s of CPU per variant (LLVM + ptxas, much of it the fp64 evaluator's libdevice
 cos/pow/log), spread over a process pool; Triton's cache (``TRITON_CACHE_DIR``, default
