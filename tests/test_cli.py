@@ -244,12 +244,12 @@ def test_aot_reports_progress_and_where_it_writes(monkeypatch, tmp_path, capsys)
     before = os.environ.get("TRITON_CACHE_DIR")
     seen = {}
 
-    def fake_compile(arch, optimizers, dtypes, limit, workers, progress):
+    def fake_compile(arch, optimizers, dtypes, limit, workers, progress, formats):
         seen["cache"] = os.environ.get("TRITON_CACHE_DIR")
         rows = []
-        for _, opt, flags, dt in aot.jobs_for(arch, optimizers, dtypes, limit):
+        for _, opt, flags, fmt, dt in aot.jobs_for(arch, optimizers, dtypes, limit, formats):
             row = dict(optimizer=opt, variant=",".join(k for k, v in flags.items() if v)
-                       or "plain", dtype=dt, arch=arch, n_regs=60, n_spills=0,
+                       or "plain", format=fmt, dtype=dt, arch=arch, n_regs=60, n_spills=0,
                        max_load_bits=128)
             rows.append(row)
             progress(row)
@@ -258,14 +258,14 @@ def test_aot_reports_progress_and_where_it_writes(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(aot, "compile_variants", fake_compile)
     cache = tmp_path / "triton-cache"
     rc = main(["aot", "--arch", "sm_90", "--optimizer", "sgd", "--dtype", "fp32",
-               "--limit", "2", "--cache-dir", str(cache), "--json"])
+               "--format", "8bit", "--limit", "2", "--cache-dir", str(cache), "--json"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert seen["cache"] == str(cache)
     assert os.environ.get("TRITON_CACHE_DIR") == before      # the caller's setting is kept
     assert f"Writes only Triton's cache: {cache}" in captured.err
     lines = [x for x in captured.err.splitlines() if x.startswith("[aot] ")]
-    assert len(lines) == 2 and lines[0].startswith("[aot] 1/2 sgd/plain/fp32 sm_90")
+    assert len(lines) == 2 and lines[0].startswith("[aot] 1/2 sgd/plain/8bit/fp32 sm_90")
     assert all("left)" in x and "elapsed" in x for x in lines)
     report = json.loads(captured.out)
     assert report["ok"] and report["triton_cache_dir"] == str(cache)
@@ -279,8 +279,9 @@ def test_aot_cache_dir_receives_the_compiled_kernels(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cache = tmp_path / "cache"
     r = subprocess.run([sys.executable, "-m", "fusedsched", "aot", "--arch", "sm_80",
-                        "--optimizer", "sgd", "--dtype", "fp32", "--limit", "1",
-                        "--cache-dir", str(cache)], env=env, capture_output=True, text=True,
+                        "--optimizer", "sgd", "--dtype", "fp32", "--format", "native",
+                        "--limit", "1", "--cache-dir", str(cache)], env=env,
+                       capture_output=True, text=True,
                        timeout=600)
     if r.returncode == 2 and "No such file" in r.stdout + r.stderr:
         pytest.skip("no ptxas/cuobjdump in this triton install")

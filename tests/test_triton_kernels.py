@@ -29,6 +29,8 @@ from fusedsched.kernels.triton import rmsprop as tri_rmsprop  # noqa: E402
 from fusedsched.kernels.triton import sgd as tri_sgd  # noqa: E402
 from fusedsched.kernels.triton.schedule import INTERPRET, evaluate  # noqa: E402
 
+from _kernel_cases import ADAM_FLAGS, ALGOS, RMS_FLAGS, SGD_FLAGS  # noqa: E402,F401
+
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="triton was imported before "
                                 "TRITON_INTERPRET=1 was set (set it in tests/conftest.py)")
 
@@ -222,17 +224,7 @@ def _compare(results, dtype):
             torch.testing.assert_close(a, b, **tol)
 
 
-ADAM_FLAGS = [dict(amsgrad=a, decoupled=d, maximize=m, wd=w)
-              for a, d, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.1), (True, True, True, 0.05)]]
-SGD_FLAGS = [dict(momentum=mo, nesterov=n, maximize=m, wd=w)
-             for mo, n, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (True, True, False, 0.05), (False, False, True, 0.1)]]
-RMS_FLAGS = [dict(centered=c, momentum=mo, maximize=m, wd=w)
-             for c, mo, m, w in [(False, False, False, 0.0), (True, False, True, 0.1),
-                                 (False, True, False, 0.05), (True, True, True, 0.1)]]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-ALGOS = [("adam", ADAM_FLAGS), ("sgd", SGD_FLAGS), ("rmsprop", RMS_FLAGS)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -388,6 +380,34 @@ def test_tables_are_cached():
     assert h1.dtype == F64 and h1.tolist() == [0.1, 0.9]
 
 
+def test_state_format_tables():
+    # "8bit" rows: the native row, then the scale pointers of the three states (0 where a
+    # state is off); a table checked for one format serves no other, even on the very
+    # tensors (bf16 params and bf16 states are "native" and "bfloat16" alike)
+    from fusedsched.kernels.triton import _launch as L
+    params = [torch.zeros(300), torch.zeros(0)]
+    grads = [torch.zeros(300), torch.zeros(0)]
+    steps = [torch.zeros((), dtype=F64) for _ in params]
+    codes = [[torch.zeros(p.shape, dtype=torch.uint8) for p in params] for _ in range(2)]
+    scales = [[torch.zeros(2), torch.zeros(0)], [torch.zeros(2), torch.zeros(0)], None]
+    t = L.tables(params, grads, codes + [None], steps, "8bit", scales)
+    rows = t.tab.view(-1, L.ROW_8BIT)
+    assert rows.shape == (2, L.ROW_8BIT) and t.n_blocks == 1
+    assert rows[0, L.ROW:].tolist() == [scales[0][0].data_ptr(), scales[1][0].data_ptr(), 0]
+    assert L.tables(params, grads, codes + [None], steps, "8bit", scales) is t
+    with pytest.raises(ValueError, match="2 elements"):      # one scale per 256 elements
+        L.tables(params, grads, codes + [None], steps, "8bit",
+                 [[torch.zeros(1), torch.zeros(0)]] + scales[1:])
+    half = [torch.zeros(4, dtype=torch.bfloat16)]
+    state = [[torch.zeros(4, dtype=torch.bfloat16)]]
+    one = [torch.zeros((), dtype=F64)]
+    native = L.tables(half, half, state, one, "native")
+    assert L.tables(half, half, state, one, "bfloat16") is not native
+    assert L.tables(half, half, state, one, "native") is native
+    with pytest.raises(ValueError, match="bfloat16"):         # fp32 state is not bfloat16
+        L.tables(params, grads, [[torch.zeros(300), torch.zeros(0)]], steps, "bfloat16")
+
+
 def test_reference_fma_is_correctly_rounded():
     # The reference's fma (torch.addcmul) and so the interpreted _fma round once, as the
     # compiled kernels' fma.rn does: checked against exact rational arithmetic (fp32).
@@ -509,7 +529,7 @@ def test_interpreted_kernels_do_not_rest_on_numpy(monkeypatch):
     ts = list(range(0, 25)) + BIG_T
     for sched in PORTABILITY_SCHEDULES:
         _assert_equals_reference(_evaluate(sched, ts), _reference_evaluate(sched, ts), sched)
-    for algo, flags in (("adam", ADAM_FLAGS[3]), ("sgd", SGD_FLAGS[2]), ("rmsprop", RMS_FLAGS[3])):
+    for algo, flags in (("adam", ADAM_FLAGS[3]), ("sgd", SGD_FLAGS[3]), ("rmsprop", RMS_FLAGS[3])):
         for sched in (S.one_cycle(6, pct_start=0.4),
                       S.cyclic(0.2, 2, mode="exp_range", gamma=0.9)):
             _compare(_run(algo, F64, [(5,), (0,), (300,)], flags, sched, n_steps=4), F64)

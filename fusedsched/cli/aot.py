@@ -1,11 +1,11 @@
 """``fusedsched aot``: compile every Triton kernel variant ahead of time for a GPU
 architecture (no GPU needed) and check the register / spill / load-width goals.
 
-Each variant the library can launch (optimizer x compile-time flags x dtype; the schedule is
-a run-time program, so one binary serves every schedule encoding) is compiled with
-``triton.compile`` for a ``GPUTarget`` with the launch options the library uses
-(``kernels/triton/_launch.py``: 4 warps, ``maxnreg`` 64). Per variant: optimizer, variant,
-dtype, arch, n_regs, n_spills (local bytes per thread), max_load_bits. Goals: no spills, at
+Each variant the library can launch (optimizer x compile-time flags x state format x
+dtype; the schedule is a run-time program, so one binary serves every schedule encoding) is
+compiled with ``triton.compile`` for a ``GPUTarget`` with the launch options the library
+uses (``kernels/triton/_launch.py``: 4 warps, ``maxnreg`` 64). Per variant: optimizer,
+variant, format, dtype, arch, n_regs, n_spills (local bytes per thread), max_load_bits. Goals: no spills, at
 most 64 registers, 128-bit loads for fp32. The exit status is 1 when a goal is missed.
 
 The work is in ``fusedsched.kernels.triton.aot``; compiles run in a process pool
@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this optimizer (repeatable; default all)")
     parser.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16", "fp64"],
                         help="only this dtype (repeatable; default all)")
+    parser.add_argument("--format", action="append", choices=["native", "bfloat16", "8bit"],
+                        help="only this state format (repeatable; default all)")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most this many flag combinations per optimizer (quick checks)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -48,14 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One line per (optimizer, dtype, arch): variant count and register / spill / load
-    ranges."""
+    """One line per (optimizer, format, dtype, arch): variant count and register / spill /
+    load ranges."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["optimizer"], r["dtype"], r["arch"]), []).append(r)
+        key = (r["optimizer"], r.get("format", "native"), r["dtype"], r["arch"])
+        groups.setdefault(key, []).append(r)
     out = []
-    for (opt, dt, arch), rs in groups.items():
-        out.append({"optimizer": opt, "dtype": dt, "arch": arch, "variants": len(rs),
+    for (opt, fmt, dt, arch), rs in groups.items():
+        out.append({"optimizer": opt, "format": fmt, "dtype": dt, "arch": arch,
+                    "variants": len(rs),
                     "regs_min": min(r["n_regs"] for r in rs),
                     "regs_max": max(r["n_regs"] for r in rs),
                     "spills_max": max(r["n_spills"] for r in rs),
@@ -81,7 +85,7 @@ def _duration(seconds: float) -> str:
 
 
 def _variant_name(row: dict) -> str:
-    return f"{row['optimizer']}/{row['variant']}/{row['dtype']}"
+    return f"{row['optimizer']}/{row['variant']}/{row.get('format', 'native')}/{row['dtype']}"
 
 
 class _Progress:
@@ -115,7 +119,8 @@ class _Progress:
                 f"{row['n_spills']} B spilled")
         if self.bar is not None:
             self.bar.update(self.task, advance=1,
-                            description=f"{row['optimizer']} {row['dtype']} {row['variant']}")
+                            description=f"{row['optimizer']} {row.get('format', 'native')} "
+                                        f"{row['dtype']} {row['variant']}")
             return
         elapsed = time.perf_counter() - self.t0
         left = elapsed / self.done * (self.total - self.done)
@@ -127,7 +132,8 @@ def print_report(console, rows, goal_list, wall_s) -> None:
     if console is None:               # without rich: the same numbers as plain lines
         print(f"Triton kernels compiled ahead of time ({len(rows)} variants, {wall_s:.0f} s)")
         for s in summarize(rows):
-            print(f"  {s['optimizer']:<8} {s['dtype']:<5} {s['arch']}: {s['variants']} "
+            print(f"  {s['optimizer']:<8} {s['format']:<8} {s['dtype']:<5} {s['arch']}: "
+                  f"{s['variants']} "
                   f"variants, registers {s['regs_min']}-{s['regs_max']}, spills "
                   f"{s['spills_max']} B, max load bits {s['load_bits_min']}-"
                   f"{s['load_bits_max']}")
@@ -137,16 +143,17 @@ def print_report(console, rows, goal_list, wall_s) -> None:
     from rich.table import Table
     table = Table(title=f"Triton kernels compiled ahead of time ({len(rows)} variants, "
                         f"{wall_s:.0f} s)")
-    for col in ("optimizer", "dtype", "arch", "variants", "registers", "spills (B)",
-                "max load bits"):
-        table.add_column(col, justify="left" if col in ("optimizer", "dtype", "arch")
+    for col in ("optimizer", "format", "dtype", "arch", "variants", "registers",
+                "spills (B)", "max load bits"):
+        table.add_column(col, justify="left" if col in ("optimizer", "format", "dtype", "arch")
                          else "right")
     for s in summarize(rows):
         regs = (f"{s['regs_min']}" if s["regs_min"] == s["regs_max"]
                 else f"{s['regs_min']}-{s['regs_max']}")
         bits = (f"{s['load_bits_min']}" if s["load_bits_min"] == s["load_bits_max"]
                 else f"{s['load_bits_min']}-{s['load_bits_max']}")
-        table.add_row(s["optimizer"], s["dtype"], s["arch"], str(s["variants"]), regs,
+        table.add_row(s["optimizer"], s["format"], s["dtype"], s["arch"], str(s["variants"]),
+                      regs,
                       str(s["spills_max"]), bits)
     console.print(table)
     for name, ok, detail in goal_list:
@@ -161,6 +168,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         argv += ["--optimizer", opt]
     for dt in args.dtype or []:
         argv += ["--dtype", dt]
+    for fmt in args.format or []:
+        argv += ["--format", fmt]
     for flag, value in (("--limit", args.limit), ("--jobs", args.jobs),
                         ("--cache-dir", args.cache_dir)):
         if value is not None:
@@ -198,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console() if Console else None             # the report (stdout)
     err = Console(stderr=True) if Console else None       # where it writes, progress
-    jobs = aot.jobs_for(args.arch, args.optimizer, args.dtype, args.limit)
+    jobs = aot.jobs_for(args.arch, args.optimizer, args.dtype, args.limit, args.format)
     workers = max(1, min(len(jobs), args.jobs or os.cpu_count() or 1))
     cache = triton_cache_dir()
     print(f"fusedsched aot: compiling {len(jobs)} Triton kernel variant(s) for {args.arch} "
@@ -208,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with _Progress(len(jobs), err) as progress:
             rows = aot.compile_variants(args.arch, args.optimizer, args.dtype, args.limit,
-                                        args.jobs, progress)
+                                        args.jobs, progress, args.format)
     except FileNotFoundError as e:   # no ptxas / cuobjdump in this triton install
         print(f"fusedsched aot: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """Ahead-of-time compile check of every Triton kernel variant (no GPU needed).
 
 ``compile_variants(arch)`` compiles every variant the library can launch (optimizer x
-compile-time flags x dtype, in the ALIGNED form that the 16-byte-aligned tensors of a normal
-allocation select) with ``triton.compile`` for a ``GPUTarget`` and returns one row per
-variant: optimizer, variant, dtype, arch, n_regs, n_spills, max_load_bits. Registers and
+compile-time flags x state format x dtype, in the ALIGNED form that the 16-byte-aligned
+tensors of a normal allocation select) with ``triton.compile`` for a ``GPUTarget`` and
+returns one row per variant: optimizer, variant, format, dtype, arch, n_regs, n_spills,
+max_load_bits. State formats (``kernels/state_format.py``): "native" for every dtype,
+"bfloat16" and "8bit" for the 32- and 16-bit ones (formats of float32 math: the launcher
+refuses fp64 parameters with them). Registers and
 spills come from ``cuobjdump -res-usage`` on the cubin (REG, and LOCAL = spilled bytes per
 thread; ``CompiledKernel.n_regs`` is only filled in when a driver loads the binary);
 max_load_bits is the widest ``ld.global`` in the PTX.
@@ -19,7 +22,9 @@ schedule encoding ("schedule: program" in the rows).
 Goals (``goals(rows)``): no spills, at most 64 registers, 128-bit global loads for fp32 (and
 recorded for every dtype). Before the register cap (triton 3.8.0): Adam sm_90 fp32 62-66,
 fp16/bf16 68-72, fp64 62-68 registers; sm_80 fp32 64, fp64 62-68, 16-bit 66-72. With it: 64
-everywhere it was above, no spills, 128-bit loads kept.
+everywhere it was above, no spills, 128-bit loads kept. With the state formats and no
+floating-point contraction (880 variants, sm_90): no spills, 128-bit loads everywhere;
+registers SGD 58-62 (8bit 58-64), RMSprop 60-64 (8bit 62-64), Adam 62-64 (8bit 64).
 
 Time: ~1-3 s of CPU per variant (LLVM + ptxas, much of it the fp64 evaluator's libdevice
 cos/pow/log), spread over a process pool; Triton's cache (``TRITON_CACHE_DIR``, default
@@ -43,6 +48,9 @@ FLAGS = {
     "adam": ("AMSGRAD", "DECOUPLED") + _COMMON,
 }
 _BLOCK = {"fp32": 512, "fp16": 1024, "bf16": 1024, "fp64": 256}  # = _launch.BLOCK
+FORMATS = ("native", "bfloat16", "8bit")        # = state_format.FORMATS
+FORMAT_DTYPES = {"native": DTYPES, "bfloat16": ("fp32", "fp16", "bf16"),
+                 "8bit": ("fp32", "fp16", "bf16")}
 
 
 def _valid(optimizer, flags):
@@ -91,22 +99,24 @@ def _load_bits(ptx):
 
 
 def _compile_one(job):
-    arch, opt, flags, dt = job
-    return _compile_rows(arch, [(opt, flags)], [dt])[0]
+    arch, opt, flags, fmt, dt = job
+    return _compile_rows(arch, [(opt, flags)], [dt], fmt)[0]
 
 
-def jobs_for(arch, optimizers=None, dtypes=None, limit=None):
-    """The (arch, optimizer, flags, dtype) compile jobs, optionally filtered. ``limit`` (quick
-    tests) keeps ``limit`` flag combinations per optimizer: the first ``limit - 1`` (plain
-    first) and the last (every flag on)."""
+def jobs_for(arch, optimizers=None, dtypes=None, limit=None, formats=None):
+    """The (arch, optimizer, flags, format, dtype) compile jobs, optionally filtered.
+    ``limit`` (quick tests) keeps ``limit`` flag combinations per optimizer: the first
+    ``limit - 1`` (plain first) and the last (every flag on)."""
     jobs = []
     for opt in optimizers or list(FLAGS):
         vs = variants(opt)
         if limit is not None and limit < len(vs):
             vs = vs[:max(limit - 1, 0)] + vs[-1:] if limit > 0 else []
-        for _, flags in vs:
-            for dt in dtypes or DTYPES:
-                jobs.append((arch, opt, flags, dt))
+        for fmt in formats or FORMATS:
+            for _, flags in vs:
+                for dt in dtypes or DTYPES:
+                    if dt in FORMAT_DTYPES[fmt]:
+                        jobs.append((arch, opt, flags, fmt, dt))
     return jobs
 
 
@@ -132,7 +142,7 @@ def _compile_here(jobs, workers=None, progress=None):
     return rows
 
 
-def _compile_rows(arch, var_list, dtypes):
+def _compile_rows(arch, var_list, dtypes, fmt="native"):
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -153,7 +163,7 @@ def _compile_rows(arch, var_list, dtypes):
             import triton.language as tl
             consts = {"DTYPE": getattr(tl, {"fp32": "float32", "fp16": "float16",
                                             "bf16": "bfloat16", "fp64": "float64"}[dt]),
-                      "BLOCK": _BLOCK[dt], "ALIGNED": True, **flags}
+                      "BLOCK": _BLOCK[dt], "ALIGNED": True, "FORMAT": fmt, **flags}
             full_sig = dict(sig, **{k: "constexpr" for k in consts})
             src = triton.compiler.ASTSource(fn=kernels[opt], signature=full_sig,
                                             constexprs=consts, attrs=attrs)
@@ -163,23 +173,26 @@ def _compile_rows(arch, var_list, dtypes):
             regs, spill = _res_usage(ck.asm["cubin"])
             rows.append({"optimizer": opt,
                          "variant": ",".join(k for k, v in flags.items() if v) or "plain",
-                         "dtype": dt, "arch": f"sm_{cap}", "n_regs": regs, "n_spills": spill,
+                         "format": fmt, "dtype": dt, "arch": f"sm_{cap}", "n_regs": regs,
+                         "n_spills": spill,
                          "max_load_bits": _load_bits(ck.asm["ptx"]), "schedule": "program",
                          "compile_s": round(compile_s, 2)})
     return rows
 
 
 def compile_variants(arch: str, optimizers=None, dtypes=None, limit=None, workers=None,
-                     progress=None) -> list:
+                     progress=None, formats=None) -> list:
     """Compile every kernel variant for ``arch`` ("sm_80", "sm_90"); one dict per variant
     (filters as in ``jobs_for``)."""
     from .schedule import INTERPRET
     if not INTERPRET:
-        return _compile_here(jobs_for(arch, optimizers, dtypes, limit), workers, progress)
+        return _compile_here(jobs_for(arch, optimizers, dtypes, limit, formats), workers,
+                             progress)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; from fusedsched.kernels.triton.aot import compile_variants; "
-            "a = json.loads(sys.argv[1]); json.dump(compile_variants(*a), sys.stdout)")
-    args = json.dumps([arch, optimizers, dtypes, limit, workers])
+            "a = json.loads(sys.argv[1]); "
+            "json.dump(compile_variants(*a[:5], formats=a[5]), sys.stdout)")
+    args = json.dumps([arch, optimizers, dtypes, limit, workers, formats])
     out = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True,
                          text=True, check=True).stdout
     return json.loads(out)
@@ -195,7 +208,8 @@ def goals(rows) -> list:
     narrow = [r for r in rows if r["dtype"] == "fp32" and r["max_load_bits"] < 128]
 
     def names(rs):
-        return ", ".join(f"{r['optimizer']}/{r['variant']}/{r['dtype']}/{r['arch']}"
+        return ", ".join(f"{r['optimizer']}/{r['variant']}/{r.get('format', 'native')}/"
+                         f"{r['dtype']}/{r['arch']}"
                          f"({r['n_regs']}r,{r['n_spills']}B,{r['max_load_bits']}b)"
                          for r in rs[:5]) + (f" and {len(rs) - 5} more" if len(rs) > 5 else "")
     return [("no spills", not spills, names(spills) or f"{len(rows)} variants"),
