@@ -18,7 +18,10 @@ loaded into the math type, updated, and the update of the parameter uses the new
     about 4 of v the update rounds back to v (measured: ``bench/results/state_dtype``).
     Stochastic rounding is unbiased: v moves by 0.1% on average. (Zamirai et al. 2020,
     "Revisiting BFloat16 Training", arXiv:2010.06192.) Values exactly representable in
-    bfloat16 are stored unchanged; a NaN stays NaN.
+    bfloat16 are stored unchanged; a NaN is stored as the quiet NaN ``BF16_NAN`` (0x7FC0,
+    as torch's conversion stores it): adding random bits to a NaN's payload could carry
+    into the sign (0xFFFFFFFF, which torch's CPU ``maximum`` produces, or CUDA's
+    0x7FFFFFFF would round to a zero).
 
 ``"8bit"``
     Blockwise dynamic quantization (after Dettmers et al. 2021, "8-bit Optimizers via
@@ -86,6 +89,7 @@ SALT_MULTIPLIER = 0x1B873593
 MIX_MULTIPLIER_1 = 0x7FEB352D
 MIX_MULTIPLIER_2 = 0x2C1B3C6D
 BF16_RANDOM_MASK = 0xFFFF                       # the 16 bits bfloat16 drops
+BF16_NAN = 0x7FC0                               # bfloat16's quiet NaN
 CODE_RANDOM_MASK = (1 << (23 - MANTISSA_BITS)) - 1   # the 20 bits the 8-bit code drops
 
 

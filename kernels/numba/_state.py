@@ -79,14 +79,16 @@ def random_bits(typingctx, x, mix):
 @intrinsic
 def round_bf16(typingctx, x, r):
     """float32 ``x`` rounded stochastically to bfloat16 bits (int16) with random bits
-    ``r`` (uint32): ``(bits(x) + (r & 0xFFFF)) >> 16`` modulo 2**32, as
-    ``reference._state.round_bfloat16``."""
+    ``r`` (uint32): ``(bits(x) + (r & 0xFFFF)) >> 16`` modulo 2**32, a NaN the quiet NaN
+    ``BF16_NAN``, as ``reference._state.round_bfloat16``."""
     if x != types.float32 or r != types.uint32:
         return None
 
     def codegen(context, builder, signature, args):
         b = builder.add(builder.bitcast(args[0], _I32), builder.and_(args[1], _c(F.BF16_RANDOM_MASK)))
-        return builder.trunc(builder.lshr(b, _c(16)), ir.IntType(16))
+        b = builder.select(builder.fcmp_unordered("uno", args[0], args[0]), _c(F.BF16_NAN),
+                           builder.lshr(b, _c(16)))
+        return builder.trunc(b, ir.IntType(16))
 
     return types.int16(types.float32, types.uint32), codegen
 

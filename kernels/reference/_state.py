@@ -38,8 +38,10 @@ def random_bits(x, step, salt):
 
 
 def round_bfloat16(x, r):
-    """float32 ``x`` rounded stochastically to bfloat16 with random integers ``r``."""
+    """float32 ``x`` rounded stochastically to bfloat16 with random integers ``r``; a NaN
+    is bfloat16's quiet NaN (``BF16_NAN``), whatever its payload."""
     b = ((_bits(x) + (r & F.BF16_RANDOM_MASK)) & _M32) >> 16
+    b = torch.where(torch.isnan(x), F.BF16_NAN, b)
     b = torch.where(b >= 1 << 15, b - (1 << 16), b)
     return b.to(torch.int16).view(torch.bfloat16)
 

@@ -311,6 +311,7 @@ _SALT_MULTIPLIER: tl.constexpr = tl.constexpr(SF.SALT_MULTIPLIER)
 _MIX_MULTIPLIER_1: tl.constexpr = tl.constexpr(SF.MIX_MULTIPLIER_1)
 _MIX_MULTIPLIER_2: tl.constexpr = tl.constexpr(SF.MIX_MULTIPLIER_2)
 _BF16_RANDOM_MASK: tl.constexpr = tl.constexpr(SF.BF16_RANDOM_MASK)
+_BF16_NAN: tl.constexpr = tl.constexpr(SF.BF16_NAN)
 _CODE_RANDOM_MASK: tl.constexpr = tl.constexpr(SF.CODE_RANDOM_MASK)
 # the 8-bit code's constants per signedness (True: a signed state's 4-bit exponent code),
 # computed here from state_format's definitions; a kernel reads them when it compiles
@@ -375,8 +376,10 @@ def _random_bits(x, step, SALT: tl.constexpr):
 @triton.jit
 def _round_bfloat16(x, r):
     """fp32 ``x`` rounded stochastically to bf16 with uint32 random bits ``r``: the bits
-    plus ``r``'s low 16, the low 16 dropped (``round_bfloat16`` of the reference)."""
+    plus ``r``'s low 16, the low 16 dropped, a NaN the quiet NaN (``round_bfloat16`` of
+    the reference)."""
     b = (x.to(tl.uint32, bitcast=True) + (r & _BF16_RANDOM_MASK)) >> 16
+    b = tl.where(x != x, _BF16_NAN, b)
     return b.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
