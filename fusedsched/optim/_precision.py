@@ -41,7 +41,7 @@ _REDUCED_PARAMS = (torch.float32, torch.float16, torch.bfloat16)
 def check(state_dtype):
     """``state_dtype`` itself: ValueError naming it unless None, torch.bfloat16 or
     "8bit"."""
-    if not any(state_dtype is k or (isinstance(k, str) and state_dtype == k)
+    if not any(state_dtype is k or (isinstance(state_dtype, str) and state_dtype == k)
                for k in FORMATS):
         raise ValueError(f"Invalid state_dtype: state_dtype={state_dtype!r} (expected None, "
                          f"torch.bfloat16 or '8bit')")
@@ -156,9 +156,15 @@ def convert_loaded(opt, p, state, saved, keys, native_dtype):
     ``keys`` taken from ``saved`` (the state_dict's own tensors: torch casts floating
     state to the parameter's dtype, which would round 8-bit scales) in ``opt``'s format:
     kept bit for bit when stored as this optimizer stores them, else decoded to float32
-    and encoded (``encode``; ``native_dtype`` for "native"). A new dict."""
+    and encoded (``encode``; ``native_dtype`` for "native"). A new dict, or ``state``
+    itself when the format is "native" and no loaded moment is 8-bit (flat storage keeps
+    its bound dicts)."""
     fmt = format_of(opt)
     stored = _STORED.get(fmt)
+    if fmt == "native" and not any(
+            isinstance(saved.get(k), torch.Tensor) and saved[k].dtype == torch.uint8
+            for k in keys if k is not None):
+        return state
     out = dict(state)
     for key in keys:
         value = saved.get(key) if key is not None else None
