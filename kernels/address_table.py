@@ -38,7 +38,7 @@ _PER_KEY = 4
 
 
 class _Entry:
-    __slots__ = ("ptrs", "ids", "grad_ptrs", "numels", "dtype", "device", "table")
+    __slots__ = ("ptrs", "ids", "grad_ptrs", "numels", "dtype", "device", "table", "checks")
 
     def __init__(self, params, grads, states, steps, table):
         self.table = table
@@ -83,16 +83,18 @@ class TableCache:
         # tensors.
         self._entries = {}
 
-    def lookup(self, params, grads, states, steps):
+    def lookup(self, params, grads, states, steps, **checks):
         """The table for ``params`` (non-empty, one dtype and device), ``grads``, the state
-        lists ``states`` (None: a list that is off) and ``steps``."""
+        lists ``states`` (None: a list that is off) and ``steps``; ``checks`` go to
+        ``build`` (what the tensors must be) and must equal those of a cached table (a
+        table checked for one state dtype serves no other)."""
         first = params[0]
         key = id(first)
         found = self._entries.get(key)
         entries = found[1] if found is not None and found[0]() is first else None
         if entries is not None:
             for entry in reversed(entries):
-                if entry.serves(params, states, steps):
+                if entry.checks == checks and entry.serves(params, states, steps):
                     if not all(map(_is_contiguous, grads)):
                         break
                     grad_ptrs = list(map(_data_ptr, grads))
@@ -102,7 +104,9 @@ class TableCache:
                         self._regrad(entry.table, grad_ptrs)
                         entry.grad_ptrs = grad_ptrs
                     return entry.table
-        entry = _Entry(params, grads, states, steps, self._build(params, grads, states, steps))
+        entry = _Entry(params, grads, states, steps,
+                       self._build(params, grads, states, steps, **checks))
+        entry.checks = checks
         if entries is None:
             entries = []
             self._entries[key] = (weakref.ref(first, lambda _, key=key: self._forget(key)),

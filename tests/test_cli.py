@@ -341,3 +341,23 @@ def test_bench_sweep_rows_targets_and_plot(tmp_path):
     assert B.write_png(tmp_path / "g.png", records, machine)
     assert (tmp_path / "s.png").stat().st_size > 0
     assert not B.write_sweep_png(tmp_path / "t.png", records[:1], machine)
+
+
+def test_bench_state_format_rows(monkeypatch):
+    """``--only state_dtype``: the Adam state format rows, one per size, each with every
+    provider's time, its ratio to torch fused and its state bytes per element."""
+    from rich.console import Console
+
+    from fusedsched.cli import bench_state
+
+    full = B.make_workloads(False)
+    assert B.check_only(["state_dtype"], full, False) is None
+    assert B.check_only(["state_dtype"], full, True) is None
+    monkeypatch.setattr(bench_state, "SIZES", (1000,))
+    (row,) = bench_state.measure(True, rounds=1, min_run_time=0.01)
+    assert set(row["ms"]) == {"torch fused", "roof", "native", "bfloat16", "8bit"}
+    assert row["vs_torch_fused"]["torch fused"] == 1.0
+    assert row["state_bytes_per_element"]["native"] == 8.0
+    assert row["state_vs_fp32"]["bfloat16"] == 0.5
+    assert row["state_vs_fp32"]["8bit"] == pytest.approx((2 + 2 * 4 * 4 / 1000) / 8)
+    bench_state.print_rows(Console(file=open(os.devnull, "w")), [row])

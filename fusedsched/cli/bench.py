@@ -217,6 +217,9 @@ def make_workloads(quick: bool) -> list[Workload]:
 
 
 HOST_MANY, HOST_ONE = "adam float32 flat-cost 1000x16", "adam float32 flat-cost 1x16k"
+# ``--only`` names of the sections that are no workload: the torch.compile rows
+# (``bench_compile``) and the state format rows (``bench_state``)
+SECTIONS = ("compile", "state_dtype")
 
 
 def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
@@ -825,7 +828,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "torch.set_num_threads around each measurement")
     parser.add_argument("--only", action="append", default=None, metavar="TEXT",
                         help="run only workloads whose name contains TEXT (repeatable); "
-                        "'compile': the torch.compile rows")
+                        "'compile': the torch.compile rows; 'state_dtype': the Adam state "
+                        "format rows (native, bfloat16, 8bit against torch fused)")
     parser.add_argument("--no-startup", action="store_true",
                         help="skip the subprocess measurements (import, first step, RSS)")
     parser.add_argument("--no-compile", action="store_true",
@@ -840,7 +844,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_only(only: list[str] | None, workloads: list[Workload], quick: bool) -> str | None:
     """None when every ``--only`` TEXT matches a workload's name, else the error message
     (it lists the valid names)."""
-    unknown = [text for text in only or [] if text != "compile"
+    unknown = [text for text in only or [] if text not in SECTIONS
                and not any(selects(text, w) for w in workloads)]
     if not unknown:
         return None
@@ -887,7 +891,7 @@ def run(args: argparse.Namespace) -> int:
     blocks = 3 if quick else 5
     if args.only:
         workloads = [w for w in workloads
-                     if any(selects(s, w) for s in args.only if s != "compile")]
+                     if any(selects(s, w) for s in args.only if s not in SECTIONS)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else out / "bench.json"
@@ -946,6 +950,13 @@ def run(args: argparse.Namespace) -> int:
             say("[bench] torch.compile rows")
             from . import bench_compile
             compiled = bench_compile.measure(quick, rounds, min_run_time)
+        state_rows = []
+        if not args.only or "state_dtype" in args.only:
+            if progress:
+                progress.update(task, description=f"{'state format rows':<34}")
+            say("[bench] state format rows")
+            from . import bench_state
+            state_rows = bench_state.measure(quick, rounds, min_run_time)
         if not args.no_startup:
             if progress:
                 progress.update(task, description=f"{'startup and memory (subprocesses)':<34}")
@@ -975,6 +986,7 @@ def run(args: argparse.Namespace) -> int:
         "valid": all(r["valid"] for r in records),
         "startup": startup,
         "compile": compiled,
+        "state_dtype": state_rows,
         "flat_host": flat_host,
     }
     result["config"]["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -986,10 +998,14 @@ def run(args: argparse.Namespace) -> int:
                                        (sweep_path, write_sweep_png(sweep_path, records,
                                                                     machine))) if ok]
     if console:
-        print_table(console, records, startup)
+        if records or startup:
+            print_table(console, records, startup)
         if compiled:
             from . import bench_compile
             bench_compile.print_rows(console, compiled)
+        if state_rows:
+            from . import bench_state
+            bench_state.print_rows(console, state_rows)
         if flat_host:
             console.print(f"flat=True host cost: step() on 1000 x 16 "
                           f"{flat_host['many_ms']:.3g} ms, on 1 x 16k "
@@ -1181,7 +1197,7 @@ def run_cuda(args: argparse.Namespace) -> int:
     workloads = cuda_workloads(quick)
     if args.only:
         workloads = [w for w in workloads
-                     if any(selects(s, w) for s in args.only if s != "compile")]
+                     if any(selects(s, w) for s in args.only if s not in SECTIONS)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -184,7 +184,10 @@ def lifted(opt, params):
             view[p] = real[p]
             out.append(p)
             continue
-        state = real[p] = _fp32_state(real[p], p)
+        if getattr(opt, "state_dtype", None) is None:  # else the moments keep their format
+            state = real[p] = _fp32_state(real[p], p)
+        else:
+            state = real[p]
         if opt.master_weights:
             work = state.get(MASTER)
             if work is None:

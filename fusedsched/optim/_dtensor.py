@@ -3,6 +3,8 @@ local shards, with the state kept as DTensors placed like their parameters."""
 
 import contextlib
 
+from ._precision import SCALE
+
 
 def _is_dtensor(tensor):
     # torch.distributed.tensor imports lazily: most runs never meet a DTensor.
@@ -47,7 +49,9 @@ def _local_shards(opt, params):
             state = real[p]
             for key, value in local_state[local].items():
                 if key not in state:
-                    state[key] = (value if key == "step" or value.shape != local.shape else
+                    # the step and 8-bit block scales are the rank's own plain tensors
+                    state[key] = (value if key == "step" or key.endswith(SCALE)
+                                  or value.shape != local.shape else
                                   DTensor.from_local(value, p.device_mesh, p.placements,
                                                      shape=p.shape, stride=p.stride()))
             local.grad = None

@@ -91,7 +91,9 @@ def check_value(p, key, value, fmt):
     does, else the message of the TypeError/ValueError to raise. ``key`` is a moment key
     or a scale key."""
     if fmt == "8bit" and key.endswith(SCALE):
-        want = (F.n_blocks(p.numel()),)
+        # a DTensor parameter's scales are those of this rank's shard
+        local = p.to_local() if hasattr(p, "to_local") else p
+        want = (F.n_blocks(local.numel()),)
         if value.dtype != torch.float32 or tuple(value.shape) != want:
             return (f"state {key!r} must be a float32 tensor of shape {want} (the 8-bit "
                     f"block scales of a parameter of shape {tuple(p.shape)}), got "

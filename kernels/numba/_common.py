@@ -9,6 +9,9 @@ modules import it from here:
   ``grad_at``, ``view``);
 * ``_walk.py``: the chunked walk over a tensor list (``make_walk``, ``SERIAL_MAX``,
   ``chunk_size``) and the counters;
+* ``_state.py``: the state formats (bfloat16 with stochastic rounding, 8-bit blocks):
+  the random bits and codes, and the state handles (``state_at``, ``blocking``,
+  ``block_range``, ``at_block``, ``flush``) through which ``load``/``store`` reach them;
 * ``_host.py``: the host side of a call: storage markers, packing and checks of the address
   table, the hyperparameter buffer, the schedule/position/AMP arguments, the thread pool.
 
@@ -25,9 +28,10 @@ Nothing is compiled at import: every kernel is a lazy, cached (``cache=True``) d
 
 from ._elements import ct, grad_at, load, store, view
 from ._half import bf16_to_float, float_to_bf16, float_to_half, half_to_float
-from ._host import (amp_args, check_counter, empty_step, hyper_buffer, marker_of, pack,
-                    program_args, setup_threads, use_pool)
+from ._host import (amp_args, check_counter, empty_step, format_args, hyper_buffer, marker_of,
+                    pack, program_args, setup_threads, use_pool)
 from ._llvm import JIT, address_as_pointer, f64_at, fma, lerp, sqrt
+from ._state import FORMAT_MARKERS, at_block, block_range, blocking, flush, state_at
 from ._sqrt import (BLOCK, SQRT_MODES, set_sqrt_mode, sqrt_fn, sqrt_fns, sqrt_mode, tmp,
                     vsqrt)
 from ._walk import (ALIGN, CHUNK, PJIT, SERIAL_MAX, chunk_size, finish, first_tensor,
@@ -39,4 +43,6 @@ __all__ = ["SERIAL_MAX", "CHUNK", "ALIGN", "JIT", "PJIT", "address_as_pointer", 
            "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
            "n_chunks", "chunk_size", "first_tensor", "make_walk", "position_at", "use_pool",
            "empty_step", "read_steps", "finish", "setup_threads", "marker_of",
-           "hyper_buffer", "pack", "check_counter", "program_args", "amp_args"]
+           "hyper_buffer", "pack", "check_counter", "program_args", "amp_args",
+           "format_args", "FORMAT_MARKERS", "state_at", "blocking", "block_range",
+           "at_block", "flush"]

@@ -1,5 +1,6 @@
 """Element access in the math type: ``load``/``store`` convert from and to the storage type
-(the *marker*'s), ``ct`` casts a scalar to the math type, ``grad_at`` reads an unscaled,
+(the *marker*'s; a state handle of another format, ``_state``, loads and stores its own
+way), ``ct`` casts a scalar to the math type, ``grad_at`` reads an unscaled,
 signed, decayed gradient, ``view`` is an array over an address."""
 
 import numpy as np
@@ -24,8 +25,22 @@ def ct(x, marker):
     """``x`` cast to the math type of storage ``marker`` (float64 for float64, else float32)."""
 
 
+def _state_access(h, name):
+    """The load or store of a state handle of a non-native format (``_state``; imported
+    here at typing time: ``_state`` builds on this module)."""
+    from . import _state
+    if not _state.is_handle(h):
+        return None
+    fn = getattr(_state, name)
+    if name == "state_load":
+        return lambda a, i: fn(a, i)
+    return lambda a, i, x: fn(a, i, x)
+
+
 @overload(load)
 def _ol_load(a, i):
+    if not isinstance(a, types.Array):
+        return _state_access(a, "state_load")
     dt = a.dtype
     if dt in (types.float32, types.float64):
         return lambda a, i: a[np.uint64(i)]
@@ -37,6 +52,8 @@ def _ol_load(a, i):
 
 @overload(store)
 def _ol_store(a, i, x):
+    if not isinstance(a, types.Array):
+        return _state_access(a, "state_store")
     dt = a.dtype
     if dt == types.float32:
         def impl(a, i, x):

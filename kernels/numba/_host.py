@@ -8,6 +8,8 @@ import numba
 import numpy as np
 import torch
 
+from ..state_format import BLOCK_SIZE, FORMATS, n_blocks
+from ._state import FORMAT_MARKERS
 from ._walk import chunk_size
 
 
@@ -75,48 +77,76 @@ def marker_of(params):
 _PLAIN = (torch.Tensor, torch.nn.Parameter)   # a wrapper subclass's data_ptr() is 0
 
 
-def pack(params, lists, steps):
-    """(address table int64[n, len(lists) + 2], offsets int64[n + 1]).
+def pack(params, grads, states, steps, scales=None, state_dtype=None):
+    """(address table int64[n, columns], offsets int64[n + 1]).
 
-    Columns: params, then each list of ``lists`` (None -> address 0), then ``steps``.
-    Checks what the raw-pointer kernel relies on: CPU, one dtype, contiguous, equal sizes.
+    Columns: params, grads, each list of ``states`` (None -> address 0), ``steps``, then,
+    when ``scales`` is given (the 8-bit format), each state's scale list in the same order
+    (None -> 0). Checks what the raw-pointer kernel relies on: plain contiguous CPU
+    tensors; grads of the params' dtype and size, states of ``state_dtype`` (None: the
+    params') and size, scales float32 of ``state_format.n_blocks(numel)`` elements.
+    ValueError naming the tensor otherwise.
     """
     n = len(params)
-    k = len(lists)
+    dtype = params[0].dtype
+    columns = [(grads, dtype, False)] + [(lst, state_dtype or dtype, False) for lst in states]
+    after = [] if scales is None else [(lst, torch.float32, True) for lst in scales]
     rows = []
     offsets = np.zeros(n + 1, dtype=np.int64)
-    dtype = params[0].dtype
     total = 0
     for i in range(n):
         p = params[i]
         numel = p.numel()
+        _check(p, i, dtype, numel)
         row = [p.data_ptr()]
-        cols = [p]
-        for lst in lists:
-            if lst is None:
+        for k, column in enumerate(columns + [None] + after):
+            if k == len(columns):
+                s = steps[i]
+                if s.device.type != "cpu" or s.dtype != torch.float64 or s.numel() != 1:
+                    raise ValueError(f"numba backend: steps[{i}] must be a CPU float64 "
+                                     "scalar tensor")
+                row.append(s.data_ptr())
+            elif column[0] is None:
                 row.append(0)
             else:
+                lst, want, scale = column
                 t = lst[i]
-                cols.append(t)
+                _check(t, i, want, n_blocks(numel) if scale else numel)
                 row.append(t.data_ptr())
-        for t in cols:
-            if (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != dtype
-                    or t.numel() != numel or not t.is_contiguous()
-                    or (numel and not t.data_ptr())):
-                raise ValueError(
-                    "numba backend: every tensor must be a plain (not a subclass), "
-                    "contiguous CPU tensor of the "
-                    f"params' dtype and size (tensor {i}: {t.device}, {t.dtype}, "
-                    f"{tuple(t.shape)}, expected {dtype} numel {numel})")
-        s = steps[i]
-        if s.device.type != "cpu" or s.dtype != torch.float64 or s.numel() != 1:
-            raise ValueError(f"numba backend: steps[{i}] must be a CPU float64 scalar tensor")
-        row.append(s.data_ptr())
         rows.append(row)
         total += numel
         offsets[i + 1] = total
-    table = np.array(rows, dtype=np.int64).reshape(n, k + 2)
+    table = np.array(rows, dtype=np.int64).reshape(n, len(columns) + 2 + len(after))
     return table, offsets
+
+
+def _check(t, i, dtype, numel):
+    if (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != dtype
+            or t.numel() != numel or not t.is_contiguous() or (numel and not t.data_ptr())):
+        raise ValueError(
+            "numba backend: every tensor must be a plain (not a subclass), contiguous CPU "
+            f"tensor of the expected dtype and size (tensor {i}: {t.device}, {t.dtype}, "
+            f"{tuple(t.shape)}, expected {dtype} numel {numel})")
+
+
+_STATE_DTYPES = {"native": None, "bfloat16": torch.bfloat16, "8bit": torch.uint8}
+
+
+def format_args(algorithm, state_format, scales, params):
+    """(format marker, walk granule, state dtype or None for the params') of a call in
+    ``state_format`` (``kernels/state_format.py``). ValueError for an unknown format or
+    "8bit" without ``scales``; TypeError for float64 params in another format than
+    "native" (the formats' loads and stores are float32)."""
+    if state_format not in FORMATS:
+        raise ValueError(f"numba {algorithm}_step: state_format={state_format!r}; expected "
+                         f"one of {FORMATS}")
+    if state_format != "native" and params[0].dtype == torch.float64:
+        raise TypeError(f"numba {algorithm}_step: state_format={state_format!r} takes "
+                        "float32, float16 or bfloat16 params, not float64")
+    if state_format == "8bit" and scales is None:
+        raise ValueError(f"numba {algorithm}_step: state_format='8bit' needs scales")
+    return (FORMAT_MARKERS[state_format], BLOCK_SIZE if state_format == "8bit" else 1,
+            _STATE_DTYPES[state_format])
 
 
 # The checks that run on every step read ``is_cpu``, a flag, not ``device.type``, which

@@ -150,11 +150,13 @@ def sqrt_fn(marker):
 
 
 def tmp(marker):
-    """A (3, BLOCK) scratch array of the math type of storage ``marker``."""
+    """A (6, BLOCK) scratch array of the math type of storage ``marker``: rows 0..2 for
+    the torch-sqrt path's blocks, rows 3..5 for the 8-bit states' new values of a block
+    (``_state``; BLOCK >= state_format.BLOCK_SIZE)."""
 
 
 @overload(tmp)
 def _ol_tmp(marker):
     if marker == types.float64:
-        return lambda marker: np.empty((3, BLOCK), dtype=np.float64)
-    return lambda marker: np.empty((3, BLOCK), dtype=np.float32)
+        return lambda marker: np.empty((6, BLOCK), dtype=np.float64)
+    return lambda marker: np.empty((6, BLOCK), dtype=np.float32)

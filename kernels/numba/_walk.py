@@ -53,6 +53,12 @@ def chunk_size(total, threads):
 
 
 @njit(**JIT)
+def round_up(x, granule):
+    """``x`` rounded up to a multiple of ``granule`` (x >= 0)."""
+    return (x + granule - 1) // granule * granule
+
+
+@njit(**JIT)
 def first_tensor(offsets, lo):
     """Index of the tensor holding global element ``lo`` (empty tensors are skipped)."""
     return np.searchsorted(offsets, lo, side="right") - 1
@@ -79,13 +85,15 @@ WALK = dict(error_model="numpy")
 
 
 def make_walk(tensor):
-    """``walk(parallel, ptrs, offsets, sc, flags, marker)`` over every tensor of the table
+    """``walk(chunk, ptrs, offsets, sc, flags, marker, granule)`` over every tensor of the table
     with the algorithm's ``tensor`` function (no compilation here: lazy dispatchers)."""
 
     @njit(parallel=True, **WALK)
-    def walk_parallel(ptrs, offsets, sc, flags, marker, chunk):
+    def walk_parallel(ptrs, offsets, sc, flags, marker, chunk, granule):
         """Parallel over ``chunk``-element chunks of the concatenated tensors; a chunk
-        updates the pieces of the tensors it overlaps."""
+        updates the pieces of the tensors it overlaps, each piece's ends rounded up to a
+        multiple of ``granule`` in its tensor (or its end): adjacent chunks round their
+        common end alike, so the pieces still cover every element once."""
         n = ptrs.shape[0]
         total = offsets[n]
         for c in prange(n_chunks(offsets, chunk)):
@@ -95,18 +103,21 @@ def make_walk(tensor):
             i = first_tensor(offsets, lo)
             while i < n and offsets[i] < hi:
                 start = offsets[i]
-                a = max(lo, start) - start
-                b = min(hi, offsets[i + 1]) - start
+                size = offsets[i + 1] - start
+                a = min(round_up(max(lo, start) - start, granule), size)
+                b = min(round_up(hi - start, granule), size)
                 if b > a:
-                    tensor(ptrs, i, offsets[i + 1] - start, a, b, sc, flags, scratch, marker)
+                    tensor(ptrs, i, size, a, b, sc, flags, scratch, marker)
                 i += 1
 
     @njit(**WALK)
-    def walk(chunk, ptrs, offsets, sc, flags, marker):
+    def walk(chunk, ptrs, offsets, sc, flags, marker, granule):
         """``walk_parallel`` in chunks of ``chunk`` elements if ``chunk`` is not 0 (see
-        ``use_pool``), else the same in the calling thread, tensor by tensor."""
+        ``use_pool``), pieces rounded to ``granule`` elements of their tensor (the 8-bit
+        format's blocks are never split), else the same in the calling thread, tensor by
+        tensor."""
         if chunk > 0:
-            walk_parallel(ptrs, offsets, sc, flags, marker, chunk)
+            walk_parallel(ptrs, offsets, sc, flags, marker, chunk, granule)
         else:
             scratch = tmp(marker)
             for i in range(ptrs.shape[0]):

@@ -13,9 +13,11 @@ from numba import njit
 from numba.extending import overload
 
 from . import _launch as tables
-from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
+from ._common import (BLOCK, FORMAT_MARKERS, JIT, SERIAL_MAX, amp_args, at_block, block_range,
+                      blocking, ct, empty_step, finish, flush, fma, format_args, grad_at,
                       hyper_buffer, lerp, load, make_walk, marker_of, position_at,
-                      program_args, read_steps, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
+                      program_args, read_steps, sqrt, sqrt_fn, state_at, store, use_pool,
+                      view, vsqrt)
 from .schedule import evaluate
 from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
@@ -90,12 +92,13 @@ def _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd
 
 
 @njit(inline="always", **JIT)
-def _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
-              eps, wd, decay, sign, gs, has_gs, coupled, decoupled, amsgrad, write_g):
-    """The whole update of every element in one loop, IEEE square root (the default
+def _one_pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+              one_m_beta2, eps, wd, decay, sign, gs, has_gs, coupled, decoupled, amsgrad,
+              write_g):
+    """The whole update of elements [lo, hi) in one loop, IEEE square root (the default
     path). Called with constant ``amsgrad`` and ``write_g`` (inlined: four loops, none with
     a conditional store); ``write_g`` writes the unscaled gradient back."""
-    for j in range(p.shape[0]):
+    for j in range(lo, hi):
         vj, mj, pj = _moments(p, g, m, v, j, w, one_m_w, small_w, beta2, one_m_beta2, wd,
                               decay, sign, gs, has_gs, coupled, decoupled)
         if amsgrad:                    # a constant: pruned by Numba, no conditional store
@@ -106,13 +109,38 @@ def _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
         store(p, j, pj + step_size * mj / denom)
 
 
+@njit(inline="always", **JIT)
+def _pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+          one_m_beta2, eps, wd, decay, sign, gs, amsgrad, has_gs, coupled, decoupled):
+    """``_one_pass`` over [lo, hi) with ``amsgrad`` and ``has_gs`` (= ``write_g``) made
+    constants."""
+    if amsgrad:
+        if has_gs:
+            _one_pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w,
+                      beta2, one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled,
+                      True, True)
+        else:
+            _one_pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w,
+                      beta2, one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled,
+                      True, False)
+    elif has_gs:
+        _one_pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                  one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled, False, True)
+    else:
+        _one_pass(p, g, m, v, vmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
+                  one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled, False,
+                  False)
+
+
 @njit(**JIT)
 def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, one_m_beta2,
              eps, wd, decay, sign, gs, amsgrad, has_gs, coupled, decoupled, sqrt_f, t):
-    """One segment (the arrays are views of it).
+    """One segment (the arrays are views of it, the states handles of it: ``_state``), in
+    the blocks of its state format (``blocking``: one block but in the 8-bit format and on
+    the torch-sqrt path), each block's states flushed after its loops.
 
-    IEEE square root (``sqrt_f == 0``, the default): one pass (``_one_pass``), 28 B moved
-    per fp32 element and nothing else.
+    IEEE square root (``sqrt_f == 0``, the default): one pass (``_one_pass``); in the
+    native format 28 B moved per fp32 element and nothing else.
 
     torch's square root (``sqrt_f``: MKL's vector sqrt, see ``_common``), in blocks of BLOCK
     elements: a first loop up to the square root's argument (kept in ``t[0]``, with the
@@ -120,45 +148,37 @@ def _segment(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2, 
     (``has_gs``), the square roots as torch takes them (``vsqrt``), then the parameter
     update.
 
-    The flags are runtime values (one specialisation per dtype keeps the compile time
-    low); every loop vectorises (checked in the LLVM remarks and the assembly,
-    fp32/fp16/bf16)."""
+    The flags are runtime values (one specialisation per dtype and format keeps the
+    compile time low); every loop vectorises (checked in the LLVM remarks and the
+    assembly, fp32/fp16/bf16)."""
     n = p.shape[0]
-    if sqrt_f == 0:
-        if amsgrad:
-            if has_gs:
-                _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
-                          one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled,
-                          True, True)
-            else:
-                _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
-                          one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled,
-                          True, False)
-        elif has_gs:
-            _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
-                      one_m_beta2, eps, wd, decay, sign, gs, True, coupled, decoupled, False,
-                      True)
-        else:
-            _one_pass(p, g, m, v, vmax, step_size, bc2_sqrt, w, one_m_w, small_w, beta2,
-                      one_m_beta2, eps, wd, decay, sign, gs, False, coupled, decoupled, False,
-                      False)
-        return
     ts, tm, tp = t[0], t[1], t[2]
-    for lo in range(0, n, BLOCK):
-        hi = min(lo + BLOCK, n)
-        if amsgrad:
-            _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay,
-                   sign, gs, has_gs, coupled, decoupled, True, ts, tm, tp)
+    blocks, size = blocking(m, n, n if sqrt_f == 0 else BLOCK)
+    for k in range(blocks):
+        lo, hi = block_range(k, size, n)
+        bm, bv, bvmax = at_block(m, k, lo), at_block(v, k, lo), at_block(vmax, k, lo)
+        if sqrt_f == 0:
+            _pass(p, g, bm, bv, bvmax, lo, hi, step_size, bc2_sqrt, w, one_m_w, small_w,
+                  beta2, one_m_beta2, eps, wd, decay, sign, gs, amsgrad, has_gs, coupled,
+                  decoupled)
+        elif amsgrad:
+            _first(p, g, bm, bv, bvmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd,
+                   decay, sign, gs, has_gs, coupled, decoupled, True, ts, tm, tp)
         else:
-            _first(p, g, m, v, vmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd, decay,
-                   sign, gs, has_gs, coupled, decoupled, False, ts, tm, tp)
-        if has_gs:                     # after the first loop, which reads the scaled g
+            _first(p, g, bm, bv, bvmax, lo, hi, w, one_m_w, small_w, beta2, one_m_beta2, wd,
+                   decay, sign, gs, has_gs, coupled, decoupled, False, ts, tm, tp)
+        flush(bm, k, lo, hi)
+        flush(bv, k, lo, hi)
+        if amsgrad:
+            flush(bvmax, k, lo, hi)
+        if sqrt_f != 0:
+            if has_gs:                 # after the first loop, which reads the scaled g
+                for j in range(lo, hi):
+                    store(g, j, load(g, j) / gs)
+            vsqrt(sqrt_f, ts, hi - lo)
             for j in range(lo, hi):
-                store(g, j, load(g, j) / gs)
-        vsqrt(sqrt_f, ts, hi - lo)
-        for j in range(lo, hi):
-            denom = ts[j - lo] / bc2_sqrt + eps
-            store(p, j, tp[j - lo] + step_size * tm[j - lo] / denom)
+                denom = ts[j - lo] / bc2_sqrt + eps
+                store(p, j, tp[j - lo] + step_size * tm[j - lo] / denom)
 
 
 @njit(**JIT)
@@ -200,14 +220,14 @@ def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
     """Elements [a, b) of tensor ``i`` (``size`` elements; ``walk``'s callback)."""
     (step_size, bc2_sqrt, w, one_m_w, small_w, beta2_c, one_m_beta2, eps_c, wd, decay, sign,
      gs_c, coupled, decoupled) = sc
-    amsgrad, has_gs, sqrt_f = flags
+    amsgrad, has_gs, sqrt_f, fmt = flags
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
-    m = view(ptrs[i, _M], size, marker)[a:b]
-    v = view(ptrs[i, _V], size, marker)[a:b]
+    m = state_at(fmt, ptrs, i, _M, _STEP, size, a, b, marker, True, scratch[3])
+    v = state_at(fmt, ptrs, i, _V, _STEP, size, a, b, marker, False, scratch[4])
     vmax = v
     if amsgrad:
-        vmax = view(ptrs[i, _VMAX], size, marker)[a:b]
+        vmax = state_at(fmt, ptrs, i, _VMAX, _STEP, size, a, b, marker, False, scratch[5])
     _segment(p, g, m, v, vmax, ct(step_size[i], marker), ct(bc2_sqrt[i], marker), w, one_m_w,
              small_w, beta2_c, one_m_beta2, eps_c, wd, decay, sign, gs_c, amsgrad, has_gs,
              coupled, decoupled, sqrt_f, scratch)
@@ -218,40 +238,51 @@ _walk = make_walk(_tensor)
 
 @njit(**JIT)
 def _adam(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, decoupled_weight_decay, amsgrad,
-          maximize, has_gs, gs, found_inf, advance_position,
-          marker, sqrt_f, chunk):
+          maximize, has_gs, gs, found_inf, advance_position, marker, sqrt_f, chunk, fmt,
+          granule):
     """The whole step: scalars, the walk over the tensors (on the thread pool in chunks of
-    ``chunk`` elements, serially when 0), the counters."""
+    ``chunk`` elements rounded to ``granule`` in each tensor, serially when 0; states in
+    the format of marker ``fmt``), the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(ptrs, prog_addr, n_nodes, t, hp, decoupled_weight_decay, maximize, gs,
                       marker)
-        _walk(chunk, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f), marker)
+        _walk(chunk, ptrs, offsets, sc, (amsgrad, has_gs, sqrt_f, fmt), marker, granule)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
 def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None,
-           found_inf=None, advance_position=True):
+           found_inf=None, advance_position=True, fmt=FORMAT_MARKERS["native"], granule=1):
     """``adam_step`` on an address table already packed (``pack``; the caller keeps it);
-    ``hyper``: the hyperparameters of ``ops.SIGNATURES["adam"]``."""
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["adam"]``; ``fmt``, ``granule``:
+    the state format's (``format_args``)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
     _adam(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
           bool(hyper["decoupled_weight_decay"]), bool(hyper["amsgrad"]),
           bool(hyper["maximize"]), has_gs, gs, skip, bool(advance_position), marker,
-          sqrt_fn(marker), use_pool(offsets, SERIAL_MAX))
+          sqrt_fn(marker), use_pool(offsets, SERIAL_MAX), fmt, granule)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,
-              position, grad_scale=None, found_inf=None, advance_position=True, state_format="native", scales=None, **hyper):
+              position, grad_scale=None, found_inf=None, advance_position=True,
+              state_format="native", scales=None, **hyper):
     """One Adam update of every tensor in ``params`` (see ``fusedsched.kernels``; ``hyper``:
-    the hyperparameters of ``ops.SIGNATURES["adam"]``)."""
+    the hyperparameters of ``ops.SIGNATURES["adam"]``). ``state_format``: how the states
+    are stored (``kernels/state_format.py``): "native" (the params' dtype), "bfloat16"
+    (bfloat16 states) or "8bit" (uint8 codes of the params' numel, and ``scales``: per
+    state list, float32 tensors of ``n_blocks(numel)`` elements, None where the list is
+    off). ValueError / TypeError for tensors or a format the kernel cannot take
+    (``format_args``, ``pack``)."""
     if not params:
         return empty_step(schedule, position, advance_position)
     amsgrad = hyper["amsgrad"]
     if amsgrad and max_exp_avg_sqs is None:
         raise ValueError("numba adam_step: amsgrad needs max_exp_avg_sqs")
+    fmt, granule, state_dtype = format_args("adam", state_format, scales, params)
     table, offsets = tables.table(params, grads, [exp_avgs, exp_avg_sqs,
-                                                  max_exp_avg_sqs if amsgrad else None], steps)
+                                                  max_exp_avg_sqs if amsgrad else None], steps,
+                                  scales, state_dtype)
     launch(table, offsets, marker_of(params), hyper, schedule=schedule, position=position,
-           grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position)
+           grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
+           fmt=fmt, granule=granule)

@@ -8,9 +8,10 @@ from numba import njit
 from numba.extending import overload
 
 from . import _launch as tables
-from ._common import (BLOCK, JIT, SERIAL_MAX, amp_args, ct, empty_step, finish, fma, grad_at,
+from ._common import (BLOCK, FORMAT_MARKERS, JIT, SERIAL_MAX, amp_args, at_block, block_range,
+                      blocking, ct, empty_step, finish, flush, fma, format_args, grad_at,
                       hyper_buffer, lerp, load, make_walk, marker_of, position_at,
-                      program_args, sqrt, sqrt_fn, store, use_pool, view, vsqrt)
+                      program_args, sqrt, sqrt_fn, state_at, store, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
@@ -105,12 +106,12 @@ def _last(p, buf, lo, hi, neg_lr, eps, momentum, has_buf, ts, tg, tp):
 
 
 @njit(inline="always", **JIT)
-def _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+def _one_pass(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
               momentum, wd, sign, gs, zero, has_gs, coupled, centered, has_buf, write_g):
-    """The whole update of every element in one loop, IEEE square root (the default
+    """The whole update of elements [lo, hi) in one loop, IEEE square root (the default
     path). Called with constant ``centered``, ``has_buf`` and ``write_g`` (inlined: eight
     loops, none with a conditional store); ``write_g`` writes the unscaled gradient back."""
-    for j in range(p.shape[0]):
+    for j in range(lo, hi):
         sqj, gj, pj = _averages(p, g, sq, gavg, j, one_m_alpha, alpha, one_m_w, small_w, wd,
                                 sign, gs, zero, has_gs, coupled)
         if write_g:                    # after _averages, which reads the scaled g
@@ -124,21 +125,47 @@ def _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
 
 
 @njit(inline="always", **JIT)
-def _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
-                    momentum, wd, sign, gs, zero, has_gs, coupled, centered, has_buf):
+def _one_pass_flags(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w,
+                    small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled, centered,
+                    has_buf):
     """``_one_pass`` with ``has_gs`` (= ``write_g``) made a constant."""
     if has_gs:
-        _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
-                  momentum, wd, sign, gs, zero, True, coupled, centered, has_buf, True)
+        _one_pass(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
+                  eps, momentum, wd, sign, gs, zero, True, coupled, centered, has_buf, True)
     else:
-        _one_pass(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
-                  momentum, wd, sign, gs, zero, False, coupled, centered, has_buf, False)
+        _one_pass(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
+                  eps, momentum, wd, sign, gs, zero, False, coupled, centered, has_buf, False)
+
+
+@njit(inline="always", **JIT)
+def _pass(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps,
+          momentum, wd, sign, gs, zero, centered, has_buf, has_gs, coupled):
+    """``_one_pass_flags`` over [lo, hi) with ``centered`` and ``has_buf`` made
+    constants."""
+    if centered:
+        if has_buf:
+            _one_pass_flags(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w,
+                            small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled, True,
+                            True)
+        else:
+            _one_pass_flags(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w,
+                            small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled, True,
+                            False)
+    elif has_buf:
+        _one_pass_flags(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w,
+                        small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled, False, True)
+    else:
+        _one_pass_flags(p, g, sq, gavg, buf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w,
+                        small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled, False,
+                        False)
 
 
 @njit(**JIT)
 def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, eps, momentum,
              wd, sign, gs, centered, has_buf, has_gs, coupled, sqrt_f, t):
-    """One segment (the arrays are views of it).
+    """One segment (the arrays are views of it, the states handles of it: ``_state``), in
+    the blocks of its state format (``blocking``: one block but in the 8-bit format and on
+    the torch-sqrt path), each block's states flushed after its loops.
 
     IEEE square root (``sqrt_f == 0``, the default): one pass (``_one_pass``).
 
@@ -148,45 +175,39 @@ def _segment(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w, 
     (``has_gs``; its own loop after the first, which reads the scaled g), the square roots
     as torch takes them (``vsqrt``), then the momentum and parameter update.
 
-    The flags are runtime values (one specialisation per dtype keeps the compile time
-    low); ``centered``, ``has_buf`` and ``has_gs`` choose between inlined loop copies.
-    Every loop vectorises (checked in the assembly: vsqrtps, ymm)."""
+    The flags are runtime values (one specialisation per dtype and format keeps the
+    compile time low); ``centered``, ``has_buf`` and ``has_gs`` choose between inlined
+    loop copies. Every loop vectorises (checked in the assembly: vsqrtps, ymm)."""
     zero = ct(0.0, eps)
     n = p.shape[0]
-    if sqrt_f == 0:
-        if centered:
-            if has_buf:
-                _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w,
-                                small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled,
-                                True, True)
-            else:
-                _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w,
-                                small_w, eps, momentum, wd, sign, gs, zero, has_gs, coupled,
-                                True, False)
-        elif has_buf:
-            _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
-                            eps, momentum, wd, sign, gs, zero, has_gs, coupled, False, True)
-        else:
-            _one_pass_flags(p, g, sq, gavg, buf, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
-                            eps, momentum, wd, sign, gs, zero, has_gs, coupled, False, False)
-        return
     ts, tg, tp = t[0], t[1], t[2]
-    for lo in range(0, n, BLOCK):
-        hi = min(lo + BLOCK, n)
+    blocks, size = blocking(sq, n, n if sqrt_f == 0 else BLOCK)
+    for k in range(blocks):
+        lo, hi = block_range(k, size, n)
+        bsq, bga, bbf = at_block(sq, k, lo), at_block(gavg, k, lo), at_block(buf, k, lo)
+        if sqrt_f == 0:
+            _pass(p, g, bsq, bga, bbf, lo, hi, neg_lr, alpha, one_m_alpha, one_m_w, small_w,
+                  eps, momentum, wd, sign, gs, zero, centered, has_buf, has_gs, coupled)
+        else:
+            if centered:
+                _first(p, g, bsq, bga, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign,
+                       gs, zero, has_gs, coupled, True, ts, tg, tp)
+            else:
+                _first(p, g, bsq, bga, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign,
+                       gs, zero, has_gs, coupled, False, ts, tg, tp)
+            if has_gs:                 # after the first loop, which reads the scaled g
+                for j in range(lo, hi):
+                    store(g, j, load(g, j) / gs)
+            vsqrt(sqrt_f, ts, hi - lo)
+            if has_buf:
+                _last(p, bbf, lo, hi, neg_lr, eps, momentum, True, ts, tg, tp)
+            else:
+                _last(p, bbf, lo, hi, neg_lr, eps, momentum, False, ts, tg, tp)
+        flush(bsq, k, lo, hi)
         if centered:
-            _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign, gs,
-                   zero, has_gs, coupled, True, ts, tg, tp)
-        else:
-            _first(p, g, sq, gavg, lo, hi, alpha, one_m_alpha, one_m_w, small_w, wd, sign, gs,
-                   zero, has_gs, coupled, False, ts, tg, tp)
-        if has_gs:                     # after the first loop, which reads the scaled g
-            for j in range(lo, hi):
-                store(g, j, load(g, j) / gs)
-        vsqrt(sqrt_f, ts, hi - lo)
+            flush(bga, k, lo, hi)
         if has_buf:
-            _last(p, buf, lo, hi, neg_lr, eps, momentum, True, ts, tg, tp)
-        else:
-            _last(p, buf, lo, hi, neg_lr, eps, momentum, False, ts, tg, tp)
+            flush(bbf, k, lo, hi)
 
 
 @njit(**JIT)
@@ -208,16 +229,18 @@ def _scalars(prog_addr, n_nodes, t, hp, maximize, gs, marker):
 def _tensor(ptrs, i, size, a, b, sc, flags, scratch, marker):
     """Elements [a, b) of tensor ``i`` (``size`` elements; ``walk``'s callback)."""
     neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c, wd, sign, gs_c, coupled = sc
-    centered, has_buf, has_gs, sqrt_f = flags
+    centered, has_buf, has_gs, sqrt_f, fmt = flags
     p = view(ptrs[i, _P], size, marker)[a:b]
     g = view(ptrs[i, _G], size, marker)[a:b]
-    sq = view(ptrs[i, _SQ], size, marker)[a:b]
-    ga = sq
-    bf = sq
+    sq = state_at(fmt, ptrs, i, _SQ, _STEP, size, a, b, marker, False, scratch[3])
+    # a signed state's handle where a list is off, never used: over square_avgs, read
+    # nowhere (a handle of the 8-bit format reads its scales' address when made)
+    ga = state_at(fmt, ptrs, i, _SQ, _STEP, size, a, b, marker, True, scratch[4])
+    bf = ga
     if centered:
-        ga = view(ptrs[i, _GAVG], size, marker)[a:b]
+        ga = state_at(fmt, ptrs, i, _GAVG, _STEP, size, a, b, marker, True, scratch[4])
     if has_buf:
-        bf = view(ptrs[i, _BUF], size, marker)[a:b]
+        bf = state_at(fmt, ptrs, i, _BUF, _STEP, size, a, b, marker, True, scratch[5])
     _segment(p, g, sq, ga, bf, neg_lr, alpha_c, one_m_alpha, one_m_w, small_w, eps_c, mom_c,
              wd, sign, gs_c, centered, has_buf, has_gs, coupled, sqrt_f, scratch)
 
@@ -227,39 +250,46 @@ _walk = make_walk(_tensor)
 
 @njit(**JIT)
 def _rmsprop(ptrs, offsets, prog_addr, n_nodes, pos_addr, hp, centered, maximize, has_buf,
-             has_gs, gs, found_inf, advance_position, marker, sqrt_f, chunk):
+             has_gs, gs, found_inf, advance_position, marker, sqrt_f, chunk, fmt, granule):
     """The whole step: scalars, the walk over the tensors (on the thread pool in chunks of
-    ``chunk`` elements, serially when 0), the counters."""
+    ``chunk`` elements rounded to ``granule`` in each tensor, serially when 0; states in
+    the format of marker ``fmt``), the counters."""
     pos, t = position_at(pos_addr)
     if not found_inf:
         sc = _scalars(prog_addr, n_nodes, t, hp, maximize, gs, marker)
-        _walk(chunk, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f), marker)
+        _walk(chunk, ptrs, offsets, sc, (centered, has_buf, has_gs, sqrt_f, fmt), marker,
+              granule)
     finish(ptrs, _STEP, found_inf, pos, t, advance_position)
 
 
 def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None,
-           found_inf=None, advance_position=True, has_buf):
+           found_inf=None, advance_position=True, has_buf, fmt=FORMAT_MARKERS["native"],
+           granule=1):
     """``rmsprop_step`` on an address table already packed (``pack``; the caller keeps it);
-    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``."""
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``; ``fmt``, ``granule``:
+    the state format's (``format_args``)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
     _rmsprop(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
              bool(hyper["centered"]), bool(hyper["maximize"]), has_buf, has_gs, gs, skip,
-             bool(advance_position), marker, sqrt_fn(marker), use_pool(offsets, SERIAL_MAX))
+             bool(advance_position), marker, sqrt_fn(marker), use_pool(offsets, SERIAL_MAX),
+             fmt, granule)
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
                  schedule, position, grad_scale=None, found_inf=None, advance_position=True,
                  state_format="native", scales=None, **hyper):
     """One RMSprop update of every tensor in ``params`` (see ``fusedsched.kernels``;
-    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``)."""
+    ``hyper``: the hyperparameters of ``ops.SIGNATURES["rmsprop"]``). ``state_format`` and
+    ``scales``: how the states are stored, as ``adam.adam_step`` takes them."""
     if not params:
         return empty_step(schedule, position, advance_position)
     centered = hyper["centered"]
     if centered and grad_avgs is None:
         raise ValueError("numba rmsprop_step: centered needs grad_avgs")
+    fmt, granule, state_dtype = format_args("rmsprop", state_format, scales, params)
     table, offsets = tables.table(params, grads, [square_avgs, grad_avgs if centered else None,
-                                                  momentum_buffers], steps)
+                                                  momentum_buffers], steps, scales, state_dtype)
     launch(table, offsets, marker_of(params), hyper, schedule=schedule, position=position,
            grad_scale=grad_scale, found_inf=found_inf, advance_position=advance_position,
-           has_buf=momentum_buffers is not None)
+           has_buf=momentum_buffers is not None, fmt=fmt, granule=granule)
