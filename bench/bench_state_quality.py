@@ -13,8 +13,9 @@ optimizer stores ``exp_avg`` / ``exp_avg_sq``:
                   what a plain bfloat16 state would do; against ``bf16`` it shows what the
                   stochastic rounding buys.
 ``torch_fp32``    cross-check: ``torch.optim.AdamW(foreach=False)`` with ``LambdaLR`` of
-                  the same schedule. It should land on the ``fp32`` row (on the reference
-                  backend, to the last bit: same operations in the same order).
+                  the same schedule. It should land on the ``fp32`` row: to the last bit
+                  on the default ``--backend reference`` (torch's operations in torch's
+                  order), within the noise on Numba (IEEE square roots, not torch's).
 ``fp32_reshuffled``  the noise floor: ``fp32`` again with the batches in another order
                   (another draw of the window starts). Any perturbation of a training run
                   grows into a different trajectory; how far a different batch order moves
@@ -250,8 +251,11 @@ def parse_args(argv=None):
     p.add_argument("--eval-windows", type=int, default=128,
                    help="held-out windows of the curve; the final loss uses all of them")
     p.add_argument("--seed", type=int, default=0)
-    # The reference backend: the Numba kernels do not take bfloat16 / 8-bit state yet, and
-    # every fs mode runs on the same backend (the reference gives the Numba kernels' results).
+    # Every fs mode on the same backend. The reference gives the Numba kernels' results
+    # (bit for bit in bfloat16 / 8-bit state; float32 up to the square roots, IEEE in Numba,
+    # torch's in the reference). The committed run is on the reference: with "auto" (Numba)
+    # on the shared cores the process ran at ~107% CPU with 1 torch thread and every later
+    # mode, the pure-torch ones too, took 2-4x longer (not investigated further).
     p.add_argument("--backend", default="reference")
     # One torch thread: on the 2 shared cores, with other jobs running, 2 threads spent 13x
     # longer (146 s vs 11 s for 100 fp32 steps, measured the same minute), the threads
