@@ -357,7 +357,7 @@ def test_bad_format_arguments_raise(oracle, algo):
         fn(*case.lists, **case.hyper, state_format="8bit", scales=[None] * len(case.scales),
            **kw)
     short = [[s[:0] for s in lst] if lst else lst for lst in case.scales]
-    with pytest.raises(ValueError, match="expected torch.float32 numel 1"):
+    with pytest.raises(ValueError, match=r"float32.*numel"):   # the scales' size
         fn(*case.lists, **case.hyper, state_format="8bit", scales=short, **kw)
     with pytest.raises(ValueError):          # uint8 states are not bfloat16 ones
         fn(*case.lists, **case.hyper, state_format="bfloat16", **kw)
