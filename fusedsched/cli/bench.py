@@ -237,8 +237,8 @@ def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
         g += [("<= 1.1x roof", "ratio_roof", 1.1, "<="),
               (">= 3x torch best", "vs_best_torch", 3.0, ">=")]
     if wl.kind == "single" and wl.dtype == "float32" and wl.numel in (10**4, 10**5, 10**6):
-        # issue 15 (cache-resident and mid-size steps); DeepSpeed's CPUAdam, the other half
-        # of it, is measured by the outside yardstick (bench/results/cpu_sweep/README.md)
+        # the cache-resident and mid-size targets; DeepSpeed's CPUAdam, the other half of
+        # them, is measured by the outside yardstick (bench/results/cpu_sweep/README.md)
         if OPTIMIZERS[wl.optimizer][4]:
             g.append((">= 2x torch fused", "vs_fused", 2.0, ">="))
         else:
