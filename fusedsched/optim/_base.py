@@ -1,11 +1,12 @@
 """What every fused optimizer shares: the torch.optim.Optimizer surface (param groups,
-schedule position, hooks, state_dict), the checks of a step, and its two paths (eager and
-traced) to the operator calls.
+schedule position, hooks), the checks of a step, and its two paths (eager and traced) to
+the operator calls.
 
 Each algorithm file (sgd.py, rmsprop.py, adam.py) says which state it keeps and which
 kernel arguments a parameter group gives. The launch plan of a group (what a step checked,
 remembers and calls) is ``_plan.py``; DTensor shards ``_dtensor.py``; flat storage
-``_flat.py``; the training aids ``_aids.py``; argument checks ``_validate.py``.
+``_flat.py``; the training aids ``_aids.py``; argument checks ``_validate.py``;
+state_dict, load_state_dict and pickling ``_checkpoint.py``.
 """
 
 import math
@@ -19,8 +20,7 @@ from torch.optim import optimizer as _optimizer
 
 from .. import schedules as S
 from ..kernels import ops
-from . import _aids, _backend, _flat, _precision
-from . import _validate
+from . import _aids, _backend, _checkpoint, _flat, _precision, _validate
 from ._dtensor import _is_dtensor, _local_shards
 from ._plan import (_REAL_DTYPES, _PLAIN, _PLAIN_PARAMS, _Calls, _Memo, _Plan, _check_state,
                     _contiguous, _device_scalar, _fingerprint, _grad, _data_ptr, _device,
@@ -38,15 +38,6 @@ _UNIT = S.constant()
 
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 _DTYPES = frozenset(_REAL_DTYPES + _COMPLEX_DTYPES)
-
-
-def _check_schedule(schedule):
-    if schedule is None:
-        return S.constant()
-    if isinstance(schedule, S.Schedule) or callable(schedule):
-        return schedule
-    raise TypeError(f"schedule must be a fusedsched.schedules schedule, a callable "
-                    f"f(t) -> float, or None, got schedule={schedule!r}")
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -114,7 +105,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.rounding_seed = torch.initial_seed() % (1 << 63)
         self._rounding_generators = {}
         self._lift_view = (None, {})
-        defaults["schedule"] = _check_schedule(defaults["schedule"])
+        defaults["schedule"] = _validate.schedule(defaults["schedule"])
         self._check_group(defaults)
         given = []
         if not isinstance(params, torch.Tensor):    # torch's TypeError for a tensor
@@ -163,7 +154,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             _validate.distinct_params(tensors, names, self.param_groups, count)
             _validate.position(param_group, "add_param_group")
             merged = {**self.defaults, **param_group}
-            merged["schedule"] = _check_schedule(merged.get("schedule"))
+            merged["schedule"] = _validate.schedule(merged.get("schedule"))
             self._check_group(merged)
             super().add_param_group(param_group)
             group = self.param_groups[-1]
@@ -602,150 +593,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         writes on an optimizer."""
         return self.__dict__.get("_results", {}).get("grad_norm")
 
-    # -- pickling (copy.deepcopy, torch.save of the optimizer object) ----------------------
-    _PICKLED = ("backend", "max_grad_norm", "master_weights", "stochastic_rounding",
-                "rounding_seed", "_results", "flat", "state_dtype")
-
+    # -- checkpoints (_checkpoint.py) ---------------------------------------------------
     def __getstate__(self):
         """torch's (defaults, state, param_groups) plus this optimizer's settings and its
         rounding generators' states; the launch caches are rebuilt after loading."""
-        out = super().__getstate__()
-        out.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
-        out["_rounding_states"] = {device: gen.get_state() for device, gen
-                                   in self.__dict__.get("_rounding_generators", {}).items()}
-        return out
+        return _checkpoint.getstate(self, super().__getstate__())
 
     def __setstate__(self, state):
-        state = dict(state)
-        rounding = state.pop("_rounding_states", {})
-        super().__setstate__(state)
-        self._rounding_generators = {}
-        self._lift_view = (None, {})
-        for device, rng in rounding.items():
-            _aids.generator(self, device).set_state(rng)
+        _checkpoint.setstate(self, state, super().__setstate__)
 
-    # -- state_dict --------------------------------------------------------------------
     def state_dict(self):
         """torch's state_dict, with each group's schedule as plain data (loads with
         ``torch.load(weights_only=True)``) and its position. A host-callable schedule is
         saved as ``{"kind": "callable"}``; loading keeps the receiving group's."""
-        state_dict = super().state_dict()
-        if self.flat:
-            _flat.plain(state_dict)
-        for group in state_dict["param_groups"]:
-            schedule = group["schedule"]
-            group["schedule"] = (schedule.to_spec() if isinstance(schedule, S.Schedule)
-                                 else {"kind": "callable"})
-        if self.stochastic_rounding:    # resumes draw the same random bits
-            state_dict["stochastic_rounding"] = {
-                "seed": self.rounding_seed,
-                "generators": {device: gen.get_state()
-                               for device, gen in self._rounding_generators.items()}}
-        return state_dict
+        return _checkpoint.state_dict(self, super().state_dict())
 
     def load_state_dict(self, state_dict):
         """Load a state_dict of this optimizer or of the matching ``torch.optim`` one.
         Groups missing our keys keep this optimizer's schedule and start at position 0.
         Checked before anything changes: a wrong number of groups or parameters, or a
-        state tensor of the wrong shape, raises ValueError."""
-        if (not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict)
-                or not isinstance(state_dict.get("param_groups"), list)):
-            raise TypeError("state_dict must be a dict with a 'state' dict and a "
-                            f"'param_groups' list, got {type(state_dict).__name__} with keys "
-                            f"{sorted(state_dict) if isinstance(state_dict, dict) else None}")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
-                             f"this optimizer has {len(self.param_groups)}")
-        groups = []
-        for i, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(saved["params"]) != len(current["params"]):
-                raise ValueError(f"loaded state dict's group {i} has {len(saved['params'])} "
-                                 f"parameters, this optimizer's has {len(current['params'])}")
-            group = {k: v for k, v in current.items() if k != "params"}
-            group["schedule_position"] = torch.zeros((), dtype=torch.float64)
-            group.update(saved)
-            spec = group["schedule"]
-            group["schedule"] = (current["schedule"] if isinstance(spec, dict)
-                                 and spec.get("kind") == "callable" else
-                                 S.from_spec(spec) if isinstance(spec, dict) else
-                                 _check_schedule(spec))
-            self._check_group(group)
-            _validate.position(group, f"loaded state dict's group {i}")
-            # the state an applied update leaves (buffers that a flag turned on later adds
-            # are created then: momentum_buffer, max_exp_avg_sq)
-            required = ({k for k in self._state_keys(group) if k}
-                        - {"momentum_buffer", "max_exp_avg_sq"})
-            for index, param in zip(saved["params"], current["params"]):
-                saved_state = state_dict["state"].get(index, {})
-                missing = required - saved_state.keys() if saved_state else set()
-                if missing:
-                    raise ValueError(f"loaded state of parameter {index} (group {i}) lacks "
-                                     f"{sorted(missing)}; it has {sorted(saved_state)}")
-                for key, value in saved_state.items():
-                    if key in required and not isinstance(value, torch.Tensor):
-                        raise TypeError(f"loaded state {key!r} of parameter {index} (group "
-                                        f"{i}) must be a tensor, got {value!r}")
-                    if key == "step":
-                        _check_step(value, i)
-                    elif (isinstance(value, torch.Tensor) and value.shape != param.shape
-                            and not key.endswith(_precision.SCALE)):
-                        raise ValueError(f"loaded state {key!r} of group {i} has shape "
-                                         f"{tuple(value.shape)}, its parameter "
-                                         f"{tuple(param.shape)}")
-            groups.append(group)
-        old_groups = list(self.param_groups)
-        super().load_state_dict({**state_dict, "param_groups": groups})
-        self.__dict__.pop("_memos", None)       # new group dicts: new memos
-        if self.flat:       # the banks stay; their state is bound again at the next step
-            _flat.rebind_groups(self, old_groups)
-        rounding = state_dict.get("stochastic_rounding")
-        if self.stochastic_rounding and rounding is not None:
-            self.rounding_seed = int(rounding["seed"])
-            self._rounding_generators = {}
-            for device, rng in rounding["generators"].items():
-                _aids.generator(self, device).set_state(rng)
-        for group, saved in zip(self.param_groups, saved_groups):
-            device = group["params"][0].device if group["params"] else torch.device("cpu")
-            group["schedule_position"] = group["schedule_position"].to(
-                device, torch.float64).clone().reshape(())
-            keys = self._state_keys(group)
-            for index, p in zip(saved["params"], group["params"]):
-                state = self.state.get(p)
-                if state:
-                    # moments in this optimizer's state format, from the saved tensors
-                    native = (torch.float32 if p.dtype in _aids.lifted_dtypes(self)
-                              else p.dtype)
-                    state = self.state[p] = _precision.convert_loaded(
-                        self, p, state, state_dict["state"].get(index, {}), keys, native)
-                if state and p.dtype in _aids.lifted_dtypes(self):
-                    # torch casts state to the parameter's dtype: keep float32 state and
-                    # master copies of fp16/bf16 parameters as saved (bit-identical resume).
-                    for key, value in state_dict["state"].get(index, {}).items():
-                        if (key != "step" and isinstance(value, torch.Tensor)
-                                and value.dtype == torch.float32):
-                            state[key] = value.to(p.device, copy=True)
-                if state:
-                    # torch's SGD keeps no count: a parameter with state has had at least
-                    # one update, which is all our SGD kernel asks of it (first or not).
-                    step = state.get("step", 1.0)
-                    state["step"] = torch.as_tensor(step).to(
-                        p.device, torch.float64).clone().reshape(())
+        state tensor of the wrong shape, raises ValueError; a state_dict that is not a
+        dict of ``state`` and ``param_groups`` raises TypeError."""
+        _checkpoint.load_state_dict(self, state_dict, super().load_state_dict)
 
     def _group_momentum(self, group):
         return group.get("momentum", 0.0)
-
-
-def _check_step(value, group_index):
-    """A loaded per-parameter count: an integer in [0, 2**53] (exact in float64)."""
-    try:
-        step = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"loaded state 'step' of group {group_index} must be a number or a "
-                        f"1-element tensor, got {value!r}") from None
-    if not (math.isfinite(step) and step == int(step) and 0 <= step <= 2.0 ** 53):
-        raise ValueError(f"loaded state 'step' of group {group_index} must be an integer in "
-                         f"[0, 2**53], got {value!r}")
 
 
 def _listed(group):

@@ -171,3 +171,14 @@ def drop_in(**flags):
             "differentiable=True is not supported: fusedsched's step() writes parameters and "
             "state in place in a compiled kernel, with no autograd graph through the update")
     return flags
+
+
+def schedule(schedule):
+    """A group's ``schedule``: None (constant 1), a fusedsched schedule or a callable
+    f(t) -> float; TypeError naming the value otherwise."""
+    if schedule is None:
+        return S.constant()
+    if isinstance(schedule, S.Schedule) or callable(schedule):
+        return schedule
+    raise TypeError(f"schedule must be a fusedsched.schedules schedule, a callable "
+                    f"f(t) -> float, or None, got schedule={schedule!r}")
