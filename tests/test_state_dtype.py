@@ -69,7 +69,7 @@ def _assert_same(a_params, a_opt, b_params, b_opt):
 def same_functions(backend):
     """The Numba kernels take torch's square roots and the reference the kernels' float64
     scalars (tests/_torch_oracle.py says why): the two then run the same functions. The
-    interpreted Triton kernels already take torch's (kernels/triton/_launch.py)."""
+    interpreted Triton kernels already take torch's (kernels/triton/_elements.py)."""
     if backend != "numba":
         yield
         return

@@ -15,8 +15,9 @@ import triton
 import triton.language as tl
 
 from . import _launch as L
-from ._launch import (_chunk, _div, _fma, _grad_scale, _lerp, _load_pg, _load_state,
-                      _offsets, _proceed, _schedule, _sqrt, _store, _store_state)
+from ._elements import _div, _fma, _lerp, _sqrt, _store
+from ._kernel import _chunk, _grad_scale, _load_pg, _proceed, _schedule
+from ._state import _load_state, _offsets, _store_state
 from .schedule import _pow, _sqrt as _sqrt64
 
 # the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES;

@@ -19,6 +19,9 @@ import triton
 import triton.language as tl
 
 from . import _launch as L
+from ._elements import _div, _fma, _lerp, _sqrt, _store
+from ._kernel import _chunk, _grad_scale, _load_pg, _proceed, _schedule
+from ._state import _load_state, _offsets, _store_state
 
 # the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES;
 # HP_MOMENTUM: the one a schedule's momentum replaces
@@ -34,28 +37,28 @@ def _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, mas
                   CT: tl.constexpr, FORMAT: tl.constexpr, CENTERED: tl.constexpr,
                   USE_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr,
                   HAS_GRAD_SCALE: tl.constexpr):
-    p, g = L._load_pg(p_ptr, g_ptr, offs, mask, gs, CT, FP64, MAXIMIZE, HAS_GRAD_SCALE)
-    g = tl.where(wd != 0, L._fma(p, wd, g), g)
-    sq = L._fma(w * g, g,
-                L._load_state(s_ptr, s_sc, offs, mask, start, n, CT, FORMAT, S_SIGNED) * alpha)
-    L._store_state(s_ptr, s_sc, offs, mask, sq, start, n, step, S_SALT, FORMAT, S_SIGNED)
+    p, g = _load_pg(p_ptr, g_ptr, offs, mask, gs, CT, FP64, MAXIMIZE, HAS_GRAD_SCALE)
+    g = tl.where(wd != 0, _fma(p, wd, g), g)
+    sq = _fma(w * g, g,
+                _load_state(s_ptr, s_sc, offs, mask, start, n, CT, FORMAT, S_SIGNED) * alpha)
+    _store_state(s_ptr, s_sc, offs, mask, sq, start, n, step, S_SALT, FORMAT, S_SIGNED)
     if CENTERED:
-        ga = L._lerp(L._load_state(a_ptr, a_sc, offs, mask, start, n, CT, FORMAT, A_SIGNED), g,
+        ga = _lerp(_load_state(a_ptr, a_sc, offs, mask, start, n, CT, FORMAT, A_SIGNED), g,
                      w)
-        L._store_state(a_ptr, a_sc, offs, mask, ga, start, n, step, A_SALT, FORMAT, A_SIGNED)
-        avg = L._sqrt(tl.maximum(L._fma(-ga, ga, sq), 0.0, propagate_nan=tl.PropagateNan.ALL),
+        _store_state(a_ptr, a_sc, offs, mask, ga, start, n, step, A_SALT, FORMAT, A_SIGNED)
+        avg = _sqrt(tl.maximum(_fma(-ga, ga, sq), 0.0, propagate_nan=tl.PropagateNan.ALL),
                       FP64)   # a NaN stays NaN, as the reference's clamp_min
     else:
-        avg = L._sqrt(sq, FP64)
+        avg = _sqrt(sq, FP64)
     avg = avg + eps
     if USE_MOMENTUM:
-        buf = (L._load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT, B_SIGNED) * mom
-               + L._div(g, avg, FP64))
-        L._store_state(b_ptr, b_sc, offs, mask, buf, start, n, step, B_SALT, FORMAT, B_SIGNED)
-        p = L._fma(buf, neg_lr, p)
+        buf = (_load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT, B_SIGNED) * mom
+               + _div(g, avg, FP64))
+        _store_state(b_ptr, b_sc, offs, mask, buf, start, n, step, B_SALT, FORMAT, B_SIGNED)
+        p = _fma(buf, neg_lr, p)
     else:
-        p = p + L._div(neg_lr * g, avg, FP64)
-    L._store(p_ptr, offs, p, mask)
+        p = p + _div(neg_lr * g, avg, FP64)
+    _store(p_ptr, offs, p, mask)
 
 
 @triton.jit(do_not_specialize=["n_nodes"])
@@ -70,19 +73,19 @@ def rmsprop_kernel(
         HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr):
     FP64: tl.constexpr = DTYPE == tl.float64
     CT: tl.constexpr = tl.float64 if FP64 else tl.float32
-    if L._proceed(fi_ptr, HAS_FOUND_INF):
-        start, n, p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, step = L._chunk(
+    if _proceed(fi_ptr, HAS_FOUND_INF):
+        start, n, p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, step = _chunk(
             tab_ptr, blk_ptr, DTYPE, BLOCK, ALIGNED, FORMAT)
-        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
+        lr, mom = _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
         alpha = tl.load(hp_ptr + HP_ALPHA)
         eps = tl.load(hp_ptr + HP_EPS).to(CT)
         wd = tl.load(hp_ptr + HP_WEIGHT_DECAY).to(CT)
         mom = mom.to(CT)
         neg_lr = (-lr).to(CT)
-        gs = L._grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
+        gs = _grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
         a_c = alpha.to(CT)
         w = (1.0 - alpha).to(CT)
-        offs = L._offsets(start, BLOCK, FORMAT)
+        offs = _offsets(start, BLOCK, FORMAT)
         if start + BLOCK <= n:
             _rmsprop_body(p_ptr, g_ptr, s_ptr, a_ptr, b_ptr, s_sc, a_sc, b_sc, offs, None,
                           start, n, step + 1.0, gs, wd, a_c, w, eps, mom, neg_lr, FP64,

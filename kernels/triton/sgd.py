@@ -15,6 +15,9 @@ import triton
 import triton.language as tl
 
 from . import _launch as L
+from ._elements import _fma, _store
+from ._kernel import _chunk, _grad_scale, _load_pg, _proceed, _schedule
+from ._state import _load_state, _offsets, _store_state
 
 # the float64 hyperparameter buffer's slots (hp_ptr), from the declaration in ops.SIGNATURES;
 # HP_MOMENTUM: the one a schedule's momentum replaces
@@ -29,23 +32,23 @@ def _sgd_body(p_ptr, g_ptr, b_ptr, b_sc, offs, mask, start, n, step, gs, wd, mom
               neg_lr, first, FP64: tl.constexpr, CT: tl.constexpr, FORMAT: tl.constexpr,
               USE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
               HAS_GRAD_SCALE: tl.constexpr):
-    p, g = L._load_pg(p_ptr, g_ptr, offs, mask, gs, CT, FP64, MAXIMIZE, HAS_GRAD_SCALE)
-    g = tl.where(wd != 0, L._fma(p, wd, g), g)
+    p, g = _load_pg(p_ptr, g_ptr, offs, mask, gs, CT, FP64, MAXIMIZE, HAS_GRAD_SCALE)
+    g = tl.where(wd != 0, _fma(p, wd, g), g)
     if USE_MOMENTUM:
         if first:
             buf = g
         else:
-            buf = L._fma(g, one_damp,
-                         L._load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT,
+            buf = _fma(g, one_damp,
+                         _load_state(b_ptr, b_sc, offs, mask, start, n, CT, FORMAT,
                                        B_SIGNED) * mom)
-        L._store_state(b_ptr, b_sc, offs, mask, buf, start, n, step + 1.0, B_SALT, FORMAT,
+        _store_state(b_ptr, b_sc, offs, mask, buf, start, n, step + 1.0, B_SALT, FORMAT,
                        B_SIGNED)
         if NESTEROV:
-            g = L._fma(buf, mom, g)
+            g = _fma(buf, mom, g)
         else:
             g = buf
-    p = L._fma(g, neg_lr, p)
-    L._store(p_ptr, offs, p, mask)
+    p = _fma(g, neg_lr, p)
+    _store(p_ptr, offs, p, mask)
 
 
 @triton.jit(do_not_specialize=["n_nodes"])
@@ -60,17 +63,17 @@ def sgd_kernel(
         HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr):
     FP64: tl.constexpr = DTYPE == tl.float64
     CT: tl.constexpr = tl.float64 if FP64 else tl.float32
-    if L._proceed(fi_ptr, HAS_FOUND_INF):
-        start, n, p_ptr, g_ptr, b_ptr, _s2, _s3, b_sc, _sc2, _sc3, step = L._chunk(
+    if _proceed(fi_ptr, HAS_FOUND_INF):
+        start, n, p_ptr, g_ptr, b_ptr, _s2, _s3, b_sc, _sc2, _sc3, step = _chunk(
             tab_ptr, blk_ptr, DTYPE, BLOCK, ALIGNED, FORMAT)
-        lr, mom = L._schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
+        lr, mom = _schedule(hp_ptr, prog_ptr, n_nodes, pos_ptr, HP_LR, HP_MOMENTUM)
         mom = mom.to(CT)
         one_damp = (1.0 - tl.load(hp_ptr + HP_DAMPENING)).to(CT)
         wd = tl.load(hp_ptr + HP_WEIGHT_DECAY).to(CT)
         neg_lr = (-lr).to(CT)
         first = step == 0
-        gs = L._grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
-        offs = L._offsets(start, BLOCK, FORMAT)
+        gs = _grad_scale(gs_ptr, CT, HAS_GRAD_SCALE)
+        offs = _offsets(start, BLOCK, FORMAT)
         if start + BLOCK <= n:
             _sgd_body(p_ptr, g_ptr, b_ptr, b_sc, offs, None, start, n, step, gs, wd, mom,
                       one_damp, neg_lr, first, FP64, CT, FORMAT, USE_MOMENTUM, NESTEROV,
