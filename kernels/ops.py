@@ -28,8 +28,9 @@ Schema (``adam_step``; the others differ in states and hyperparameters)::
 
 Eager calls skip the dispatcher when nothing could observe the call: not while tracing, no
 dispatch mode active (FakeTensorMode, a TorchDispatchMode) and no profiler. The dispatcher
-converts every tensor of every list argument (about 150 ns each: 0.75 ms for a step of 1000
-Adam parameters, more than the kernel); the kernel call is the same either way (``call``).
+converts every tensor of every list argument, a cost per tensor that for a thousand small
+parameters exceeds the kernel's time (bench/results/compile); the kernel call is the same
+either way (``call``).
 
 An empty state list stands for ``None`` (the list is off: no momentum, not centered, no
 amsgrad). ``state_format`` is how the states are stored (``kernels/state_format.py``); the

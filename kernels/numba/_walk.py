@@ -26,10 +26,9 @@ ALIGN = 64
 # saves. Above it the pool pays: a cache-resident step is bound by the arithmetic (Adam: a
 # square root and two divisions per element, on the divider), which a second thread
 # halves, and from about 1e5 fp32 Adam elements the step's arrays outgrow one core's L2
-# while each thread's share fits its own. Measured on 2 cores (serial against the pool with
-# equal chunks, Adam, SGD momentum, RMSprop): the serial walk wins at 1e4 elements, the pool
-# from 3e4 (bench/results/cpu_sweep). It was 1 << 18, with fixed CHUNK-element chunks that
-# left a 1e5-element step's second thread half idle.
+# while each thread's share fits its own. The threshold is where the two cross in the size
+# sweep (serial against the pool with equal chunks, Adam, SGD momentum, RMSprop:
+# bench/results/cpu_sweep).
 SERIAL_MAX = 1 << 15
 PJIT = dict(cache=True, error_model="numpy", parallel=True)
 

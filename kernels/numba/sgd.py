@@ -54,9 +54,9 @@ def _segment(p, g, buf, neg_lr, momentum, one_m_dampening, wd, sign, gs, first, 
     each flushed after its loop), the unscaled gradient written back when ``has_gs``. The
     flags are runtime values (one specialisation per dtype and format keeps the compile
     time low); ``has_buf`` and ``has_gs`` choose between inlined loop copies: as a runtime
-    select, ``has_gs`` cost a division per element even without a grad scale (SGD
-    momentum on 1M fp32, cache-resident, ran at 0.68x torch fused with it). Every loop
-    vectorises (checked in the assembly)."""
+    select, ``has_gs`` would cost a division per element even without a grad scale, which
+    in a cache-resident SGD step is most of its time. Every loop vectorises (checked in
+    the assembly)."""
     n = p.shape[0]
     blocks, size = blocking(buf, n, n)
     for k in range(blocks):

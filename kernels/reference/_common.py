@@ -5,7 +5,7 @@ skip is a ``torch.where`` on the new values, not a Python branch.
 
 Rounding is torch's own: the fused multiply-adds below where torch's CPU kernels fuse, and
 ``Tensor.sqrt()`` (``sqrt`` below), which on the CPU is MKL's vector square root (not
-always correctly rounded: 14% of fp32 results differ by 1 ulp from IEEE on an AMD EPYC), so
+always correctly rounded: on some CPUs a share of fp32 results is 1 ulp from IEEE's), so
 fp32 and 16-bit CPU results are bit-identical to torch's for-loop. (The float64 scalars of a
 step, lr * f(t) and the bias corrections, come from torch's pow / cos / sqrt here and from
 Python's math module in torch's for-loop, which may differ in the last bit: an fp32 update

@@ -28,8 +28,8 @@ if INTERPRET:
 #   kernels are;
 # * interpreted (``TRITON_INTERPRET=1``, CPU tensors): the interpreter's own ``tl.fma`` is
 #   ``x * y + z`` rounded twice and its fp32 -> bf16 cast truncates, and torch's CPU sqrt is
-#   not always correctly rounded (measured, torch 2.14 AVX2: ~20% of fp32 and ~1.4% of fp64
-#   sqrt results are 1 ulp off). So there the three helpers are Python functions that let
+#   not always correctly rounded (MKL's vector sqrt: on some CPUs a share of the results is
+#   1 ulp off). So there the three helpers are Python functions that let
 #   Triton build the result's type and shape and replace its values with torch's CPU op on
 #   the same data (``torch.addcmul``, ``torch.sqrt``, ``Tensor.to``): the device's rounding,
 #   as the fp64 ``_pow``/``_cos``/``_log``/``_sqrt`` of ``schedule.py`` are torch's. Interpreted
