@@ -362,3 +362,19 @@ def test_bench_state_format_rows(monkeypatch):
     assert row["state_vs_fp32"]["bfloat16"] == 0.5
     assert row["state_vs_fp32"]["8bit"] == pytest.approx((2 + 2 * 4 * 4 / 1000) / 8)
     bench_state.print_rows(Console(file=open(os.devnull, "w")), [row])
+
+
+def test_bench_state_format_rows_parameter_list(monkeypatch):
+    """The full ``state_dtype`` rows end with the ResNet-50 parameter list: one kernel call
+    per provider for all its tensors, each tensor with its own 8-bit block scales."""
+    from fusedsched.cli import bench_state
+
+    shapes = [(3, 5), (7,), (300,)]
+    monkeypatch.setattr(bench_state, "SIZES", (1000,))
+    monkeypatch.setattr(B, "resnet50_shapes", lambda: shapes)
+    one, listed = bench_state.measure(False, rounds=1, min_run_time=0.01)
+    assert (one["workload"], one["tensors"]) == ("1e+03", 1)
+    assert (listed["workload"], listed["tensors"], listed["numel"]) == ("resnet50", 3, 322)
+    assert listed["state_bytes_per_element"]["native"] == 8.0
+    # codes: 2 B per element; scales: 1 + 1 + 2 blocks per state, 2 states of fp32
+    assert listed["state_bytes_per_element"]["8bit"] == pytest.approx((2 * 322 + 8 * 4) / 322)

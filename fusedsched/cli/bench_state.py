@@ -1,5 +1,6 @@
 """``fusedsched bench`` rows for the state formats (``kernels/state_format.py``), CPU: Adam on
-one float32 tensor per size, timed side by side in one process, interleaved over rounds:
+one float32 tensor per size and on the parameter list of ResNet-50 (161 tensors, 25.6M
+elements), timed side by side in one process, interleaved over rounds:
 
 * ``torch fused``: ``torch.optim.Adam(fused=True)`` + ``LambdaLR`` of the schedule, float32
   state (``opt.step(); sched.step()``, as the main rows time it);
@@ -10,24 +11,25 @@ one float32 tensor per size, timed side by side in one process, interleaved over
   state in that format: float32, bfloat16, or uint8 codes with one float32 scale per 256
   elements.
 
-Per size: each provider's time (ms), its ratio to torch fused (torch's time over the
+Per workload: each provider's time (ms), its ratio to torch fused (torch's time over the
 provider's: above 1 is faster), and the state's bytes per parameter element (``exp_avg``
 and ``exp_avg_sq`` with their scales) with their ratio to float32 state.
 """
 
+import math
 import statistics
 
 from .bench import _time_once
 
-SIZES = (10**6, 10**7, 32 * 10**6)
+SIZES = (10**6, 10**7, 32 * 10**6)     # one tensor each; then the ResNet-50 list
 FORMATS = ("native", "bfloat16", "8bit")
 HYPER = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
              decoupled_weight_decay=False, amsgrad=False, maximize=False)
 
 
-def _kernel_step(n, fmt, schedule):
-    """(step, state bytes) of the Numba Adam kernel on ``n`` float32 elements with state
-    format ``fmt``."""
+def _kernel_step(shapes, fmt, schedule):
+    """(step, state bytes) of the Numba Adam kernel on float32 tensors of ``shapes`` with
+    state format ``fmt``: one kernel call for the list, as ``fusedsched.Adam`` makes."""
     import torch
 
     from fusedsched import schedules as S
@@ -35,12 +37,13 @@ def _kernel_step(n, fmt, schedule):
     from fusedsched.kernels import state_format as F
 
     gen = torch.Generator().manual_seed(0)
-    params, grads = [torch.randn(n, generator=gen)], [torch.randn(n, generator=gen) * 1e-3]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
     dtype = {"native": torch.float32, "bfloat16": torch.bfloat16, "8bit": torch.uint8}[fmt]
-    states = [[torch.zeros(n, dtype=dtype)], [torch.zeros(n, dtype=dtype)], None]
-    scales = ([[torch.zeros(F.n_blocks(n))], [torch.zeros(F.n_blocks(n))], None]
-              if fmt == "8bit" else None)
-    steps = [torch.zeros((), dtype=torch.float64)]
+    states = [[torch.zeros(s, dtype=dtype) for s in shapes] for _ in range(2)] + [None]
+    scales = ([[torch.zeros(F.n_blocks(p.numel())) for p in params] for _ in range(2)]
+              + [None] if fmt == "8bit" else None)
+    steps = [torch.zeros((), dtype=torch.float64) for _ in shapes]
     position = torch.zeros((), dtype=torch.float64)
     program = S.program(schedule, "cpu")
 
@@ -52,13 +55,14 @@ def _kernel_step(n, fmt, schedule):
     return step, sum(t.numel() * t.element_size() for t in held)
 
 
-def _torch_step(n, schedule):
+def _torch_step(shapes, schedule):
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(n, generator=gen))
-    p.grad = torch.randn(n, generator=gen) * 1e-3
-    opt = torch.optim.Adam([p], lr=HYPER["lr"], fused=True)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    opt = torch.optim.Adam(params, lr=HYPER["lr"], fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     def step():
@@ -66,27 +70,29 @@ def _torch_step(n, schedule):
         sched.step()
 
     step()                                   # torch allocates its state on the first step
-    state = opt.state[p]
-    return step, sum(state[k].numel() * state[k].element_size()
-                     for k in ("exp_avg", "exp_avg_sq"))
+    return step, sum(opt.state[p][k].numel() * opt.state[p][k].element_size()
+                     for p in params for k in ("exp_avg", "exp_avg_sq"))
 
 
 def measure(quick: bool, rounds: int, min_run_time: float) -> list:
-    """One row per size: times (ms), ratios to torch fused, state bytes per element."""
+    """One row per workload: times (ms), ratios to torch fused, state bytes per element."""
     import gc
 
     import torch
 
-    from .bench import OPTIMIZERS, make_schedule
+    from .bench import OPTIMIZERS, make_schedule, resnet50_shapes
     from .roof import Roof
 
     rows = []
-    for n in SIZES[:1] if quick else SIZES:
+    workloads = [(f"{n:.3g}", [(n,)]) for n in SIZES]
+    workloads = workloads[:1] if quick else workloads + [("resnet50", resnet50_shapes())]
+    for label, shapes in workloads:
+        n = sum(math.prod(s) for s in shapes)
         schedule = make_schedule()
-        roof = Roof([(n,)], torch.float32, OPTIMIZERS["adam"][3])
-        providers = {"torch fused": _torch_step(n, schedule), "roof": (roof.step, 0)}
+        roof = Roof(shapes, torch.float32, OPTIMIZERS["adam"][3])
+        providers = {"torch fused": _torch_step(shapes, schedule), "roof": (roof.step, 0)}
         for fmt in FORMATS:
-            providers[fmt] = _kernel_step(n, fmt, schedule)
+            providers[fmt] = _kernel_step(shapes, fmt, schedule)
         for step, _ in providers.values():
             for _ in range(2):
                 step()
@@ -99,7 +105,7 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
         ms = {name: statistics.median(v) * 1e3 for name, v in times.items()}
         state = {name: b / n for name, (_, b) in providers.items() if name != "roof"}
         rows.append({
-            "numel": n, "ms": ms,
+            "workload": label, "tensors": len(shapes), "numel": n, "ms": ms,
             "vs_torch_fused": {name: ms["torch fused"] / t for name, t in ms.items()},
             "state_bytes_per_element": state,
             "state_vs_fp32": {name: b / state["torch fused"] for name, b in state.items()},
@@ -116,7 +122,7 @@ def print_rows(console, rows: list) -> None:
               caption="x torch: torch fused's time over the provider's (above 1: faster); "
                       "B/el: state bytes per parameter element (x fp32: over torch's "
                       "float32 state)")
-    t.add_column("numel", justify="right")
+    t.add_column("workload", justify="right")
     names = list(rows[0]["ms"]) if rows else []
     for name in names:
         t.add_column(f"{name} ms", justify="right")
@@ -125,7 +131,7 @@ def print_rows(console, rows: list) -> None:
         if name != "roof":
             t.add_column("B/el (x fp32)", justify="right")
     for r in rows:
-        cells = [f"{r['numel']:.3g}"]
+        cells = [r["workload"]]
         for name in names:
             cells.append(f"{r['ms'][name]:.3g}")
             if name != "torch fused":
