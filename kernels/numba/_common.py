@@ -29,7 +29,7 @@ Nothing is compiled at import: every kernel is a lazy, cached (``cache=True``) d
 from ._elements import ct, grad_at, load, store, view
 from ._half import bf16_to_float, float_to_bf16, float_to_half, half_to_float
 from ._host import (amp_args, check_counter, empty_step, format_args, hyper_buffer, marker_of,
-                    pack, program_args, setup_threads, use_pool)
+                    pack, program_args, setup_threads, timed, use_pool)
 from ._llvm import JIT, address_as_pointer, f64_at, fma, lerp, sqrt
 from ._state import FORMAT_MARKERS, at_block, block_range, blocking, flush, state_at
 from ._sqrt import (BLOCK, SQRT_MODES, set_sqrt_mode, sqrt_fn, sqrt_fns, sqrt_mode, tmp,
@@ -42,7 +42,7 @@ __all__ = ["SERIAL_MAX", "CHUNK", "ALIGN", "JIT", "PJIT", "address_as_pointer", 
            "set_sqrt_mode", "sqrt_mode", "tmp", "half_to_float", "float_to_half",
            "bf16_to_float", "float_to_bf16", "load", "store", "ct", "grad_at", "view",
            "n_chunks", "chunk_size", "first_tensor", "make_walk", "position_at", "use_pool",
-           "empty_step", "read_steps", "finish", "setup_threads", "marker_of",
+           "empty_step", "read_steps", "timed", "finish", "setup_threads", "marker_of",
            "hyper_buffer", "pack", "check_counter", "program_args", "amp_args",
            "format_args", "FORMAT_MARKERS", "state_at", "blocking", "block_range",
            "at_block", "flush"]

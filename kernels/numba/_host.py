@@ -173,14 +173,83 @@ def amp_args(grad_scale, found_inf):
     return grad_scale is not None, gs, skip
 
 
+# Pool or calling thread, measured. Above serial_max the pool is the rule, but it only pays
+# while its threads get cores: when other processes hold them (data-loader workers, a
+# second job), waking the pool waits on the OS scheduler, and a step that takes 0.1 ms in
+# one thread can take several on the pool (bench/results/cpu_sweep/pool_choice.md). Both
+# paths give the same bits (the chunking changes no element's arithmetic), so the choice
+# may follow the clock. Per call shape (elements, tensors; a training loop repeats one), the
+# launch's wall time on the path that runs is a moving average; the other path is tried at
+# probes, whose time replaces its estimate (the state of the machine now, not an average
+# over load that has gone). The faster estimate runs. Probes come PROBE_EVERY calls after
+# the faster path changed, then at doubling intervals up to PROBE_MAX: a losing probe costs
+# little, and a probe of the pool leaves its threads spinning for a while, which slows the
+# calling thread's next steps. A path's first call is not counted (it may compile, or start
+# the threads).
+PROBE_EVERY = 32
+PROBE_MAX = 1024
+_WEIGHT = 0.25      # of a new time in the running path's moving average
+_CHOICES_MAX = 256
+
+
+class _Choice:
+    __slots__ = ("ns", "seen", "calls", "best", "interval", "next_probe")
+
+    def __init__(self):
+        self.ns = [None, None]      # wall time of [serial, pool] launches, ns
+        self.seen = [0, 0]          # launches timed on each path
+        self.calls = 0
+        self.best = 1               # the path with the lower estimate (1: the pool)
+        self.interval = PROBE_EVERY
+        self.next_probe = PROBE_EVERY
+
+
+_choices = {}
+
+
 def use_pool(offsets, serial_max):
     """The chunk size (``chunk_size``) when a step of this table runs on the thread pool
     (then set up here), 0 when it runs serially: steps of at most ``serial_max`` elements
-    (the algorithm module's SERIAL_MAX) do."""
+    (the algorithm module's SERIAL_MAX) do, and larger ones where the calling thread has
+    been measured faster (``timed``), but for the probes of the pool."""
     total = int(offsets[-1])
     if total <= serial_max:
         return 0
-    return chunk_size(total, setup_threads())
+    choice = _choices.get((total, len(offsets)))
+    pool = True
+    if choice is not None:
+        choice.calls += 1
+        serial_ns, pool_ns = choice.ns
+        best = int(serial_ns is None or (pool_ns is not None and pool_ns <= serial_ns))
+        if best != choice.best:         # the faster path changed: look again soon
+            choice.best, choice.interval = best, PROBE_EVERY
+            choice.next_probe = choice.calls + PROBE_EVERY
+        pool = bool(best)
+        if choice.calls >= choice.next_probe:
+            pool = not pool
+            choice.interval = min(2 * choice.interval, PROBE_MAX)
+            choice.next_probe = choice.calls + choice.interval
+    return chunk_size(total, setup_threads()) if pool else 0
+
+
+def timed(offsets, serial_max, chunk, ns):
+    """Record a launch's wall time ``ns`` on the path ``use_pool`` chose (``chunk``)."""
+    total = int(offsets[-1])
+    if total <= serial_max:
+        return
+    key = (total, len(offsets))
+    choice = _choices.get(key)
+    if choice is None:
+        if len(_choices) >= _CHOICES_MAX:
+            _choices.pop(next(iter(_choices)))
+        choice = _choices[key] = _Choice()
+    path = 1 if chunk else 0
+    choice.seen[path] += 1
+    if choice.seen[path] == 1:
+        return
+    old = choice.ns[path]
+    choice.ns[path] = (ns if old is None or path != choice.best
+                       else old + _WEIGHT * (ns - old))
 
 
 def empty_step(schedule, position, advance_position):

@@ -28,7 +28,8 @@ ALIGN = 64
 # halves, and from about 1e5 fp32 Adam elements the step's arrays outgrow one core's L2
 # while each thread's share fits its own. The threshold is where the two cross in the size
 # sweep (serial against the pool with equal chunks, Adam, SGD momentum, RMSprop:
-# bench/results/cpu_sweep).
+# bench/results/cpu_sweep). Above it the pool is the rule where it is measured faster
+# (``_host.use_pool``: on cores that other processes hold, it is not).
 SERIAL_MAX = 1 << 15
 PJIT = dict(cache=True, error_model="numpy", parallel=True)
 

@@ -7,6 +7,7 @@ counters are advanced in the same call after the parallel loop.
 """
 
 import math
+from time import perf_counter_ns
 
 import numpy as np
 from numba import njit
@@ -16,7 +17,7 @@ from . import _launch as tables
 from ._common import (BLOCK, FORMAT_MARKERS, JIT, SERIAL_MAX, amp_args, at_block, block_range,
                       blocking, ct, empty_step, finish, flush, fma, format_args, grad_at,
                       hyper_buffer, lerp, load, make_walk, marker_of, position_at,
-                      program_args, read_steps, sqrt, sqrt_fn, state_at, store, use_pool,
+                      program_args, read_steps, sqrt, sqrt_fn, state_at, store, timed, use_pool,
                       view, vsqrt)
 from .schedule import evaluate
 from ..ops import SIGNATURES
@@ -258,10 +259,14 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
     the state format's (``format_args``)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    chunk = use_pool(offsets, SERIAL_MAX)
+    start = perf_counter_ns()
     _adam(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
           bool(hyper["decoupled_weight_decay"]), bool(hyper["amsgrad"]),
           bool(hyper["maximize"]), has_gs, gs, skip, bool(advance_position), marker,
-          sqrt_fn(marker), use_pool(offsets, SERIAL_MAX), fmt, granule)
+          sqrt_fn(marker), chunk, fmt, granule)
+    if not skip:    # (a skipped step walks nothing: no time of either path)
+        timed(offsets, SERIAL_MAX, chunk, perf_counter_ns() - start)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, schedule,

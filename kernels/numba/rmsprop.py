@@ -4,6 +4,8 @@ order). Deliberate deviation from torch, as in the reference: the centered varia
 ``square_avg - grad_avg**2`` is clamped at 0 before the square root (FastNN#12).
 """
 
+from time import perf_counter_ns
+
 from numba import njit
 from numba.extending import overload
 
@@ -11,7 +13,7 @@ from . import _launch as tables
 from ._common import (BLOCK, FORMAT_MARKERS, JIT, SERIAL_MAX, amp_args, at_block, block_range,
                       blocking, ct, empty_step, finish, flush, fma, format_args, grad_at,
                       hyper_buffer, lerp, load, make_walk, marker_of, position_at,
-                      program_args, sqrt, sqrt_fn, state_at, store, use_pool, view, vsqrt)
+                      program_args, sqrt, sqrt_fn, state_at, store, timed, use_pool, view, vsqrt)
 from .schedule import evaluate
 from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
@@ -270,10 +272,13 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
     the state format's (``format_args``)."""
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    chunk = use_pool(offsets, SERIAL_MAX)
+    start = perf_counter_ns()
     _rmsprop(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
              bool(hyper["centered"]), bool(hyper["maximize"]), has_buf, has_gs, gs, skip,
-             bool(advance_position), marker, sqrt_fn(marker), use_pool(offsets, SERIAL_MAX),
-             fmt, granule)
+             bool(advance_position), marker, sqrt_fn(marker), chunk, fmt, granule)
+    if not skip:    # (a skipped step walks nothing: no time of either path)
+        timed(offsets, SERIAL_MAX, chunk, perf_counter_ns() - start)
 
 
 def rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,

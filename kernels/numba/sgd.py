@@ -4,13 +4,15 @@ order). The momentum buffer takes the gradient itself on a tensor's first applie
 (``step == 0``).
 """
 
+from time import perf_counter_ns
+
 from numba import njit
 
 from . import _launch as tables
 from ._common import (FORMAT_MARKERS, JIT, SERIAL_MAX, amp_args, at_block, block_range,
                       blocking, ct, empty_step, finish, flush, fma, format_args, grad_at,
                       hyper_buffer, load, make_walk, marker_of, position_at, program_args,
-                      read_steps, state_at, store, use_pool, view)
+                      read_steps, state_at, store, timed, use_pool, view)
 from .schedule import evaluate
 from ..ops import SIGNATURES
 from ..schedule_encoding import NODE_SIZE
@@ -132,9 +134,13 @@ def launch(table, offsets, marker, hyper, *, schedule, position, grad_scale=None
         fmt, granule = FORMAT_MARKERS["native"], 1
     prog_addr, n_nodes, pos_addr = program_args(schedule, position)
     has_gs, gs, skip = amp_args(grad_scale, found_inf)
+    chunk = use_pool(offsets, SERIAL_MAX)
+    start = perf_counter_ns()
     _sgd(table, offsets, prog_addr, n_nodes, pos_addr, hyper_buffer(_SIGNATURE, hyper),
          bool(hyper["nesterov"]), bool(hyper["maximize"]), has_buf, has_gs, gs, skip,
-         bool(advance_position), marker, use_pool(offsets, SERIAL_MAX), fmt, granule)
+         bool(advance_position), marker, chunk, fmt, granule)
+    if not skip:    # (a skipped step walks nothing: no time of either path)
+        timed(offsets, SERIAL_MAX, chunk, perf_counter_ns() - start)
 
 
 def sgd_step(params, grads, momentum_buffers, steps, *, schedule, position, grad_scale=None,

@@ -1,0 +1,153 @@
+"""The Numba backend's choice between the thread pool and the calling thread for steps above
+SERIAL_MAX (``kernels/numba/_host.py``: ``use_pool`` / ``timed``): it follows the measured
+wall time of each path, probing the other one every PROBE_EVERY calls, and the choice never
+changes a bit of the result (both paths run the same arithmetic per element).
+
+The clock is a fake one here (a step "takes" what the test says for the path it ran on), so
+the tests assert the rule, not this machine's timings.
+"""
+
+import pytest
+import torch
+
+import fusedsched as fs
+from fusedsched.kernels.numba import _host, adam, rmsprop, sgd
+
+MODULES = {"adam": adam, "sgd": sgd, "rmsprop": rmsprop}
+MAKERS = {"adam": lambda ps: fs.Adam(ps, lr=1e-2, backend="numba"),
+          "sgd": lambda ps: fs.SGD(ps, lr=1e-2, momentum=0.9, backend="numba"),
+          "rmsprop": lambda ps: fs.RMSprop(ps, lr=1e-2, backend="numba")}
+
+
+def _params(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # 4 x 300: above the SERIAL_MAX of these tests (``_small_serial_max``), so the pool is
+    # the rule
+    return [torch.nn.Parameter(torch.randn(300, generator=gen)) for _ in range(4)]
+
+
+@pytest.fixture(autouse=True)
+def _small_serial_max(monkeypatch):
+    """Small steps past SERIAL_MAX: the thread pool's path with tensors that step fast."""
+    for module in MODULES.values():
+        monkeypatch.setattr(module, "SERIAL_MAX", 1000)
+
+
+def _fake_paths(monkeypatch, module, serial_ns, pool_ns):
+    """Record every chunk ``use_pool`` returns in ``module``, and give each launch the
+    wall time of the path it ran on."""
+    real = _host.use_pool
+    chosen = []
+    clock = {"t": 0}
+
+    def use_pool(offsets, serial_max):
+        chunk = real(offsets, serial_max)
+        chosen.append(chunk)
+        return chunk
+
+    def perf_counter_ns():
+        # called at a launch's start and end: the end's increment is the launch's time
+        clock["t"] += serial_ns if chosen and chosen[-1] == 0 else pool_ns
+        return clock["t"]
+
+    monkeypatch.setattr(_host, "_choices", {})
+    monkeypatch.setattr(module, "use_pool", use_pool)
+    monkeypatch.setattr(module, "perf_counter_ns", perf_counter_ns)
+    return chosen
+
+
+def _step(opt, params, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+
+
+def _doubling(indices):
+    """Whether the gaps between consecutive ``indices`` double (up to PROBE_MAX)."""
+    gaps = [b - a for a, b in zip(indices, indices[1:])]
+    return len(gaps) >= 2 and all(b == min(2 * a, _host.PROBE_MAX)
+                                  for a, b in zip(gaps, gaps[1:]))
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_a_slow_pool_hands_the_step_to_the_calling_thread(name, monkeypatch):
+    probe, steps = _host.PROBE_EVERY, 12 * _host.PROBE_EVERY
+    params, twin = _params(), _params()
+    reference = MAKERS[name](twin)
+    _step(reference, twin, steps)          # the real clock: whichever path wins here
+
+    chosen = _fake_paths(monkeypatch, MODULES[name], serial_ns=1_000, pool_ns=10_000)
+    opt = MAKERS[name](params)
+    _step(opt, params, steps)
+    serial = [i for i, c in enumerate(chosen) if c == 0]
+    # the pool runs until the calling thread has been timed: probes at calls 32 (its
+    # first call, not counted) and 96 (32 + 64)
+    assert serial[:2] == [probe, 3 * probe]
+    # then the calling thread runs; the pool only at its probes, ever rarer
+    pool = [i for i, c in enumerate(chosen) if c and i > 3 * probe]
+    assert len(pool) <= 4 and pool[0] == 3 * probe + 1 + probe and _doubling(pool)
+    # the same bits whichever path ran each step
+    assert all(torch.equal(a, b) for a, b in zip(params, twin))
+    for p, q in zip(params, twin):
+        assert opt.state[p].keys() == reference.state[q].keys()
+        for key, value in opt.state[p].items():
+            assert torch.equal(value, reference.state[q][key]), key
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_a_fast_pool_keeps_the_step_and_probes_the_calling_thread(name, monkeypatch):
+    params = _params()
+    chosen = _fake_paths(monkeypatch, MODULES[name], serial_ns=10_000, pool_ns=1_000)
+    _step(MAKERS[name](params), params, 16 * _host.PROBE_EVERY)
+    serial = [i for i, c in enumerate(chosen) if c == 0]
+    assert serial[0] == _host.PROBE_EVERY and len(serial) == 4 and _doubling(serial)
+
+
+def test_the_choice_follows_a_change_of_load(monkeypatch):
+    """The pool slow at first (other work on the cores), then fast again: the next probe of
+    the pool brings the step back to it, and a slow pool again sends it away."""
+    params = _params()
+    load = {"pool_ns": 10_000}
+    real = _host.use_pool
+    chosen = []
+    clock = {"t": 0}
+
+    def use_pool(offsets, serial_max):
+        chosen.append(real(offsets, serial_max))
+        return chosen[-1]
+
+    def perf_counter_ns():
+        clock["t"] += 1_000 if chosen[-1] == 0 else load["pool_ns"]
+        return clock["t"]
+
+    monkeypatch.setattr(_host, "_choices", {})
+    monkeypatch.setattr(adam, "use_pool", use_pool)
+    monkeypatch.setattr(adam, "perf_counter_ns", perf_counter_ns)
+    opt = fs.Adam(params, lr=1e-2, backend="numba")
+    window = _host.PROBE_EVERY - 1          # calls between two probes, at the least
+    for pool_ns, runs_on_pool in ((10_000, False), (100, True), (10_000, False)):
+        load["pool_ns"] = pool_ns
+        _step(opt, params, 40 * _host.PROBE_EVERY)
+        assert all(bool(c) == runs_on_pool for c in chosen[-window:])
+
+
+def test_steps_at_most_serial_max_never_time_or_probe(monkeypatch):
+    params = [torch.nn.Parameter(torch.randn(1000))]     # = SERIAL_MAX
+    chosen = _fake_paths(monkeypatch, adam, serial_ns=10_000, pool_ns=1)
+    _step(fs.Adam(params, lr=1e-2, backend="numba"), params, 2 * _host.PROBE_EVERY)
+    assert set(chosen) == {0} and _host._choices == {}
+
+
+def test_a_skipped_step_is_not_timed(monkeypatch):
+    """found_inf: the kernel walks nothing, so its time says nothing of either path."""
+    params = _params()
+    _fake_paths(monkeypatch, adam, serial_ns=1, pool_ns=1)
+    opt = fs.Adam(params, lr=1e-2, backend="numba")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.found_inf = torch.ones(())
+    for _ in range(3):
+        opt.step()
+    assert _host._choices == {}
