@@ -24,3 +24,14 @@ def torch_sqrt():
     from _torch_oracle import numba_sqrt
     with numba_sqrt("torch"):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool_choice():
+    """Each test starts with no measured pool-or-thread choice (``numba._host.use_pool``):
+    a test that sends a step down the thread pool (SERIAL_MAX patched to 0) gets the pool,
+    not a choice that other tests' timings made."""
+    host = sys.modules.get("fusedsched.kernels.numba._host")
+    if host is not None:
+        host._choices.clear()
+    yield
