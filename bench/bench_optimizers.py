@@ -31,7 +31,8 @@ def _case(optimizer, shapes_key, dtype="float32"):
 
 
 # Every (optimizer, provider) pair that exists: torch has no fused RMSprop on the CPU.
-PAIRS = [(o, p) for o in B.OPTIMIZERS for p in PROVIDERS if p != "fused" or B.OPTIMIZERS[o][4]]
+PAIRS = [(o, p) for o, row in B.BENCH.items() for p in PROVIDERS
+         if p != "fused" or row.info.torch_fused_cpu]
 
 
 @pytest.mark.parametrize("shapes_key", list(SIZES))

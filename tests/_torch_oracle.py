@@ -103,7 +103,7 @@ def run_pair(name, config, schedule, *, dtype=torch.float64, steps=35, backend="
     base = make_params(dtype, shapes)
     theirs = [p.clone().requires_grad_() for p in base]
     ours = [p.clone().requires_grad_() for p in base]
-    torch_config = {**OPTIMIZERS[name].torch_defaults, **config, **(torch_extra or {})}
+    torch_config = {**OPTIMIZERS[name].torch_kwargs(config), **(torch_extra or {})}
     t_opt = TORCH_CLASS[name](theirs, lr=lr, **torch_config)
     sched = torch_scheduler(t_opt, schedule, lr)
     o_opt = OURS_CLASS[name](ours, lr=lr, schedule=schedule, backend=backend, **config)

@@ -11,13 +11,15 @@ import torch
 from conftest import BACKENDS
 
 import fusedsched as fs
+from fusedsched.cli.optim_db import OPTIMIZERS
 from fusedsched.optim import _aids
 
-ALGOS = {  # fusedsched class, torch class, kwargs (exercise momentum/centered paths)
-    "sgd": (fs.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
-    "rmsprop": (fs.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
-    "adamw": (fs.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
-}
+# kwargs per optimizer of the database (they exercise the momentum and centered paths)
+KWARGS = {"sgd": dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+          "rmsprop": dict(lr=0.01, momentum=0.5, centered=True),
+          "adamw": dict(lr=0.01, weight_decay=0.1)}
+ALGOS = {name: (OPTIMIZERS[name].cls, OPTIMIZERS[name].torch_cls, kw)   # ours, torch's, kwargs
+         for name, kw in KWARGS.items()}
 SHAPES = [(7, 3), (0,), (33,), (5,)]
 
 
@@ -37,7 +39,7 @@ def _grads(dtype, steps, seed=1):
 
 # -- validation ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", [fs.SGD, fs.Momentum, fs.RMSprop, fs.Adam, fs.AdamW])
+@pytest.mark.parametrize("cls", [info.cls for info in OPTIMIZERS.values()])
 def test_validation(cls):
     p = [torch.zeros(2, requires_grad=True)]
     for name in ("master_weights", "stochastic_rounding"):

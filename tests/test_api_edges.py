@@ -15,10 +15,10 @@ import fusedsched as fs
 from fusedsched import schedules as S
 from fusedsched.optim._base import SparseGradientError
 
-from _torch_oracle import OURS_CLASS, TORCH_CLASS, grads_for, make_params
+from _torch_oracle import OPTIMIZERS, OURS_CLASS, TORCH_CLASS, grads_for, make_params
 from conftest import BACKENDS
 
-NAMES = ["sgd", "momentum", "rmsprop", "adam", "adamw"]
+NAMES = list(OPTIMIZERS)
 
 
 def _p(*shape, dtype=torch.float32):
@@ -49,8 +49,7 @@ def test_repeated_parameter_in_a_group_raises_at_construction(name):
     p, q = _p(3), _p(2, 2)
     with warnings.catch_warnings(record=True) as caught:     # torch only warns
         warnings.simplefilter("always")
-        TORCH_CLASS[name]([p, q, p], lr=0.1, momentum=0.9) if name == "momentum" else \
-            TORCH_CLASS[name]([p, q, p], lr=0.1)
+        TORCH_CLASS[name]([p, q, p], lr=0.1, **OPTIMIZERS[name].torch_defaults)
     assert any("duplicate parameters" in str(w.message) for w in caught)
     with pytest.raises(ValueError, match=r"parameter 2 of group 0 \(shape \(3,\), dtype "
                                          r"float32\) is parameter 0 of the same group"):

@@ -26,6 +26,7 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS
 
 from conftest import BACKENDS
 
@@ -72,13 +73,12 @@ def test_c7_amsgrad_running_max(backend):
             assert opt.state[p]["max_exp_avg_sq"].item() == pytest.approx(0.0010000000000000009, rel=1e-13)
 
 
-OPTIMIZERS = {
-    "sgd": lambda ps, b: fs.SGD(ps, lr=0.1, backend=b),
-    "momentum": lambda ps, b: fs.Momentum(ps, lr=0.1, backend=b),
-    "rmsprop": lambda ps, b: fs.RMSprop(ps, lr=0.1, centered=True, momentum=0.5, backend=b),
-    "adam": lambda ps, b: fs.Adam(ps, lr=0.1, backend=b),
-    "adamw": lambda ps, b: fs.AdamW(ps, lr=0.1, amsgrad=True, backend=b),
-}
+# C8 steps every optimizer of the database at lr 0.1, with its defaults or these flags
+C8_FLAGS = {"rmsprop": dict(centered=True, momentum=0.5), "adamw": dict(amsgrad=True)}
+
+
+def _c8_optimizer(name, params, backend):
+    return OPTIMIZERS[name].cls(params, lr=0.1, backend=backend, **C8_FLAGS.get(name, {}))
 
 
 @ALL
@@ -88,10 +88,10 @@ def test_c8_empty_parameter_anywhere(backend, name, order):
     make = {"a": lambda: torch.ones(4, requires_grad=True),
             "b": lambda: torch.empty(0, requires_grad=True)}
     params = [make[c]() for c in order]
-    opt = OPTIMIZERS[name](params, backend)
+    opt = _c8_optimizer(name, params, backend)
     _step(opt, params, [1.0] * len(params))
     ref = [make[c]() for c in order]
-    ref_opt = OPTIMIZERS[name](ref, "reference")
+    ref_opt = _c8_optimizer(name, ref, "reference")
     _step(ref_opt, ref, [1.0] * len(ref))
     for p, r, c in zip(params, ref, order):
         assert p.shape == r.shape

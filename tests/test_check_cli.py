@@ -39,7 +39,7 @@ def test_quick_passes_prints_table_and_writes_only_under_out(tmp_path, capsys):
     backends = {r["backend"] for r in result["rows"]}
     assert {"reference", "numba"} <= backends
     optimizers = {r["optimizer"] for r in result["rows"]}
-    assert optimizers == {"sgd", "momentum", "rmsprop", "adam", "adamw"}
+    assert optimizers == set(DB.OPTIMIZERS)
     assert all(r["max_error"] <= r["tolerance"] for r in result["rows"])
 
 

@@ -322,7 +322,7 @@ def test_bench_sweep_rows_targets_and_plot(tmp_path):
     full = B.make_workloads(False)
     sweep = [w for w in full if B.selects(B.SWEEP, w)]
     assert {(w.optimizer, w.numel) for w in sweep} == {
-        (o, n) for o in B.OPTIMIZERS for n in B.SWEEP_SIZES}
+        (o, n) for o in B.BENCH for n in B.SWEEP_SIZES}
     assert B.check_only([B.SWEEP], full, False) is None
     assert not B.selects(B.SWEEP, next(w for w in full if w.dtype == "bfloat16"))
     by_name = {w.name: w for w in sweep}

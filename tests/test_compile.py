@@ -28,6 +28,7 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS
 
 from conftest import BACKENDS
 
@@ -256,11 +257,11 @@ def test_add_param_group_and_load_state_dict_between_compiled_steps():
 def test_torch_fused_keywords_are_drop_in():
     """Code written for torch.optim.AdamW(..., fused=True) runs with only the class changed;
     the switches are recorded in the groups as torch records them."""
-    for cls, torch_cls, kw in [
-            (fs.AdamW, torch.optim.AdamW, dict(fused=True, foreach=False, capturable=True)),
-            (fs.Adam, torch.optim.Adam, dict(foreach=True, capturable=False, fused=None)),
-            (fs.SGD, torch.optim.SGD, dict(momentum=0.9, foreach=False, fused=True)),
-            (fs.RMSprop, torch.optim.RMSprop, dict(capturable=True, foreach=None))]:
+    for name, kw in [("adamw", dict(fused=True, foreach=False, capturable=True)),
+                     ("adam", dict(foreach=True, capturable=False, fused=None)),
+                     ("sgd", dict(momentum=0.9, foreach=False, fused=True)),
+                     ("rmsprop", dict(capturable=True, foreach=None))]:
+        cls, torch_cls = OPTIMIZERS[name].cls, OPTIMIZERS[name].torch_cls
         p = torch.nn.Parameter(torch.randn(4))
         ours = cls([p], lr=0.1, **kw)
         theirs = torch_cls([torch.nn.Parameter(torch.randn(4))], lr=0.1, **kw)

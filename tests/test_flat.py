@@ -14,6 +14,7 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS
 from fusedsched.optim import _flat
 
 from conftest import BACKENDS
@@ -147,7 +148,7 @@ def test_parameters_become_views_with_values_unchanged():
 def test_flat_must_be_a_bool():
     m = _model()
     before = [p.detach().clone() for p in m.parameters()]
-    for cls in (fs.SGD, fs.Momentum, fs.RMSprop, fs.Adam, fs.AdamW):
+    for cls in (info.cls for info in OPTIMIZERS.values()):
         with pytest.raises(TypeError, match="flat must be a bool, got flat='yes'"):
             cls(m.parameters(), lr=0.1, flat="yes")
     for p, b in zip(m.parameters(), before):

@@ -9,7 +9,7 @@ import torch
 import fusedsched as fs
 from fusedsched import schedules as S
 
-from _torch_oracle import OURS_CLASS, TORCH_CLASS
+from _torch_oracle import OPTIMIZERS, OURS_CLASS, TORCH_CLASS
 from conftest import BACKENDS
 
 INF_AT = {0, 4, 5}          # iterations whose loss overflows (the first one included)
@@ -46,7 +46,7 @@ def _train(model, opt, *, sched=None, dtype, steps=STEPS, inf_at=INF_AT):
 
 
 def test_optimizers_declare_amp_scaling():
-    for cls in (fs.SGD, fs.Momentum, fs.RMSprop, fs.Adam, fs.AdamW):
+    for cls in OURS_CLASS.values():
         assert cls._step_supports_amp_scaling is True
 
 
@@ -85,7 +85,7 @@ def test_grad_scaler_matches_torch_fused_adam(backend):
 def test_grad_scaler_matches_torch_for_loop(backend, name, config):
     """fp64, every algorithm: in-kernel unscaling and skipping equal torch's for-loop
     optimizer, which GradScaler unscales on the host and skips entirely (1e-12)."""
-    torch_config = dict(config, momentum=0.9) if name == "momentum" else config
+    torch_config = OPTIMIZERS[name].torch_kwargs(config)
     theirs, ours = _model(torch.float64), _model(torch.float64)
     t_opt = TORCH_CLASS[name](theirs.parameters(), lr=0.02, **torch_config)
     sched = torch.optim.lr_scheduler.LambdaLR(t_opt, lambda t: 0.9 ** t)

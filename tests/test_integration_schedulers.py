@@ -10,7 +10,7 @@ import torch
 import fusedsched as fs
 from fusedsched import schedules as S
 
-from _torch_oracle import OURS_CLASS, TORCH_CLASS, grads_for, make_params
+from _torch_oracle import OPTIMIZERS as DB, OURS_CLASS, TORCH_CLASS, grads_for, make_params
 
 LR = torch.optim.lr_scheduler
 SHAPES = [(4, 3), (5,), (0,)]
@@ -41,7 +41,7 @@ def _pair(name, config, backend, lr=0.05, **ours_extra):
     base = make_params(torch.float64, SHAPES)
     theirs = [p.clone().requires_grad_() for p in base]
     ours = [p.clone().requires_grad_() for p in base]
-    torch_config = dict(config, momentum=0.9) if name == "momentum" else config
+    torch_config = DB[name].torch_kwargs(config)
     return (TORCH_CLASS[name](theirs, lr=lr, **torch_config), theirs,
             OURS_CLASS[name](ours, lr=lr, backend=backend, **config, **ours_extra), ours, base)
 

@@ -11,7 +11,8 @@ import torch
 import fusedsched as fs
 from fusedsched import schedules as S
 
-from _torch_oracle import TORCH_CLASS, OURS_CLASS, compare_states, grads_for, make_params
+from _torch_oracle import (OPTIMIZERS, OURS_CLASS, TORCH_CLASS, compare_states, grads_for,
+                           make_params)
 from conftest import BACKENDS
 
 BAD_CONSTRUCTOR = [
@@ -186,7 +187,7 @@ def test_resume_mid_schedule_bit_identical(saved_on, loaded_on, name, config, sc
 @pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
 def test_state_dict_between_torch_and_fusedsched(name, config, direction):
     base = make_params(torch.float64, [(4, 3), (5,), (0,)])
-    torch_config = dict(config, momentum=0.9) if name == "momentum" else config
+    torch_config = OPTIMIZERS[name].torch_kwargs(config)
     make_torch = lambda ps: TORCH_CLASS[name](ps, lr=0.05, **torch_config)
     make_ours = lambda ps: OURS_CLASS[name](ps, lr=0.05, **config)
     first, second = (make_torch, make_ours) if direction == "torch_to_ours" else (make_ours, make_torch)

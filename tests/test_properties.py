@@ -22,8 +22,8 @@ import fusedsched as fs
 from fusedsched.kernels.numba._common import SQRT_MODES
 from fusedsched import schedules as S
 
-from _torch_oracle import (OURS_CLASS, TORCH_CLASS, numba_sqrt, reference_takes_numba_scalars,
-                           torch_scheduler)
+from _torch_oracle import (OPTIMIZERS, OURS_CLASS, TORCH_CLASS, numba_sqrt,
+                           reference_takes_numba_scalars, torch_scheduler)
 
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
@@ -180,17 +180,18 @@ def test_polynomial_zero_length_zero_power(backend):
 
 @st.composite
 def configs(draw):
-    name = draw(st.sampled_from(["sgd", "momentum", "rmsprop", "adam", "adamw"]))
+    name = draw(st.sampled_from(list(OPTIMIZERS)))
+    algorithm = OPTIMIZERS[name].algorithm
     config = {"lr": draw(st.floats(0.0, 0.5)), "maximize": draw(st.booleans()),
               "weight_decay": draw(st.sampled_from([0.0, 0.0]) | st.floats(0.0, 0.5))}
-    if name in ("sgd", "momentum"):
+    if algorithm == "sgd":
         momentum = draw(st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.99))
         if name == "momentum":
             momentum = max(momentum, 0.1)
         dampening = draw(st.sampled_from([0.0, 0.0, 0.5]) | st.floats(0.0, 1.0))
         nesterov = momentum > 0 and dampening == 0 and draw(st.booleans())
         config.update(momentum=momentum, dampening=dampening, nesterov=nesterov)
-    elif name == "rmsprop":
+    elif algorithm == "rmsprop":
         config.update(alpha=draw(st.floats(0.0, 0.999)), eps=draw(st.floats(1e-8, 1e-2)),
                       momentum=draw(st.sampled_from([0.0]) | st.floats(0.0, 0.99)),
                       centered=draw(st.booleans()))

@@ -16,12 +16,13 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import STATE_DTYPES
 from fusedsched.kernels.reference import _state as R
 
 from conftest import BACKENDS
 from _torch_oracle import numba_sqrt, reference_takes_numba_scalars
 
-FORMATS = [torch.bfloat16, "8bit"]
+FORMATS = list(STATE_DTYPES)
 CLASSES = {
     "adamw": (fs.AdamW, dict(lr=1e-2, weight_decay=0.1)),
     "adam_amsgrad": (fs.Adam, dict(lr=1e-2, amsgrad=True)),

@@ -14,12 +14,15 @@ import warnings
 import pytest
 import torch
 
-import fusedsched as fs
+from fusedsched.cli.optim_db import OPTIMIZERS
 
 pytest.importorskip("expecttest")       # torch.testing._internal needs it
 from torch.testing._internal.common_optimizers import optim_db  # noqa: E402
 
-OURS = {"SGD": fs.SGD, "RMSprop": fs.RMSprop, "Adam": fs.Adam, "AdamW": fs.AdamW}
+# torch's class name -> ours of the same name (Momentum is SGD with a default, not a class
+# of torch's)
+OURS = {info.torch_name: info.cls for info in OPTIMIZERS.values()
+        if info.cls_name == info.torch_name}
 INFOS = [info for info in optim_db if info.optim_cls.__name__ in OURS]
 
 

@@ -6,6 +6,7 @@ import torch
 
 import fusedsched as fs
 from fusedsched import schedules as S
+from fusedsched.cli.optim_db import OPTIMIZERS
 
 
 def _model(seed=0):
@@ -31,7 +32,7 @@ def _assert_same(ma, oa, mb, ob):
             assert torch.equal(sa[i][key], sb[i][key]), (i, key)
 
 
-@pytest.mark.parametrize("cls", [fs.SGD, fs.Momentum, fs.RMSprop, fs.Adam, fs.AdamW])
+@pytest.mark.parametrize("cls", [info.cls for info in OPTIMIZERS.values()])
 def test_training_loop_matches_flat_false(cls):
     ma, oa, mb, ob = _twins(cls, lr=1e-2)
     x = torch.randn(16, 33, device="cuda")

@@ -1,6 +1,7 @@
 """``fusedsched bench``: fusedsched against torch.optim, side by side, with the memory roof.
 
-For each workload (an optimizer, a dtype and a list of parameter shapes) the providers
+For each workload (an optimizer of ``optim_db.BENCH``, a dtype and a list of parameter
+shapes) the providers
 
 * ``roof``: a Numba kernel with the step's exact reads and writes and no math
   (:mod:`fusedsched.cli.roof`), same thread count as fusedsched;
@@ -58,18 +59,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .optim_db import BENCH
+
 DEFAULT_OUT = "bench_out"
 
-# Bytes moved per element and 4-byte storage: (columns of the roof: p, g, states...).
-# Adam/AdamW read p, g, m, v and write p, m, v = 7 * 4 = 28 B.
-OPTIMIZERS = {
-    #  name: (torch class, fusedsched class, kwargs, roof columns, torch has fused on CPU)
-    "adam": ("Adam", "Adam", dict(lr=1e-3), 4, True),
-    "adamw": ("AdamW", "AdamW", dict(lr=1e-3, weight_decay=1e-2), 4, True),
-    "sgd_momentum": ("SGD", "SGD", dict(lr=1e-2, momentum=0.9), 3, True),
-    "rmsprop": ("RMSprop", "RMSprop", dict(lr=1e-2), 3, False),
-    "rmsprop_centered": ("RMSprop", "RMSprop", dict(lr=1e-2, centered=True), 4, False),
-}
 TORCH_PROVIDERS = ("loop", "foreach", "fused")
 PROVIDERS = ("roof",) + TORCH_PROVIDERS + ("fusedsched", "flat")
 
@@ -153,7 +146,7 @@ class Workload:
 
     @property
     def columns(self) -> int:
-        return OPTIMIZERS[self.optimizer][3]
+        return BENCH[self.optimizer].columns
 
     @property
     def bytes_per_step(self) -> int:
@@ -196,7 +189,7 @@ def make_workloads(quick: bool) -> list[Workload]:
                 single(opt, n, flat=opt == "adam" and n == 10**6)
         single("adam", 10**6, "bfloat16")
     else:
-        for opt in OPTIMIZERS:
+        for opt in BENCH:
             for n in SWEEP_SIZES:
                 single(opt, n, flat=opt == "adam" and n == 10**7)
         for opt in ("adam", "sgd_momentum"):
@@ -239,7 +232,7 @@ def targets_for(wl: Workload) -> list[tuple[str, str, float, str]]:
     if wl.kind == "single" and wl.dtype == "float32" and wl.numel in (10**4, 10**5, 10**6):
         # the cache-resident and mid-size targets; DeepSpeed's CPUAdam, the other half of
         # them, is measured by the outside yardstick (bench/results/cpu_sweep/README.md)
-        if OPTIMIZERS[wl.optimizer][4]:
+        if BENCH[wl.optimizer].info.torch_fused_cpu:
             g.append((">= 2x torch fused", "vs_fused", 2.0, ">="))
         else:
             g.append((">= 2x torch best", "vs_best_torch", 2.0, ">="))
@@ -293,18 +286,16 @@ def make_provider(name: str, wl: Workload, params):
     torch has no such path (fused RMSprop) or it fails on this dtype."""
     import torch
 
-    torch_cls, fs_cls, kwargs, _, has_fused = OPTIMIZERS[wl.optimizer]
+    row = BENCH[wl.optimizer]
     schedule = make_schedule()
     if name in ("fusedsched", "flat"):
-        import fusedsched as fs
-        opt = getattr(fs, fs_cls)(params, schedule=schedule, backend="numba",
-                                  flat=name == "flat", **kwargs)
+        opt = row.make(params, schedule=schedule, backend="numba", flat=name == "flat")
         return _Provider(opt.step, opt)
-    if name == "fused" and not has_fused:
+    if name == "fused" and not row.info.torch_fused_cpu:
         return None
     flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True),
              "fused": dict(fused=True)}[name]
-    opt = getattr(torch.optim, torch_cls)(params, **kwargs, **flags)
+    opt = row.make_torch(params, **flags)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     def step():
@@ -696,7 +687,7 @@ def _plot_single_tensor_rows(path, records, machine, *, min_sizes, value, ylabel
     except ImportError:
         return False
     singles = [r for r in records if r["kind"] == "single" and r["dtype"] == "float32"]
-    opts = [o for o in OPTIMIZERS
+    opts = [o for o in BENCH
             if len({r["numel"] for r in singles if r["optimizer"] == o}) >= min_sizes]
     if not opts:
         return False
@@ -1100,7 +1091,6 @@ def measure_cuda_workload(wl: Workload, rounds: int, rep_ms: int) -> dict:
 
     import torch
 
-    import fusedsched as fs
     dtype = _torch_dtype(wl.dtype)
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = []
@@ -1112,13 +1102,13 @@ def measure_cuda_workload(wl: Workload, rounds: int, rep_ms: int) -> dict:
     half = max(1, wl.bytes_per_step // 2 // 4)
     src = torch.empty(half, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
-    torch_cls, fs_cls, kwargs, _, _ = OPTIMIZERS[wl.optimizer]
+    row = BENCH[wl.optimizer]
     schedule = make_schedule()
     steps, errors = {"roof": lambda: dst.copy_(src)}, {}
     for name, flags in (("loop", dict(foreach=False)), ("foreach", dict(foreach=True)),
                         ("fused", dict(fused=True))):
         try:
-            opt = getattr(torch.optim, torch_cls)(params, **kwargs, **flags)
+            opt = row.make_torch(params, **flags)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
             def step(opt=opt, sched=sched):
@@ -1128,7 +1118,7 @@ def measure_cuda_workload(wl: Workload, rounds: int, rep_ms: int) -> dict:
             steps[name] = step
         except Exception as exc:   # e.g. no fused RMSprop
             errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    opt = getattr(fs, fs_cls)(params, schedule=schedule, backend="triton", **kwargs)
+    opt = row.make(params, schedule=schedule, backend="triton")
     opt.step()
     steps["fusedsched"] = opt.step
     # the same step captured in a CUDA graph (what the graph-capturable design buys)

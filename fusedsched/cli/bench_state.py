@@ -80,7 +80,8 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
 
     import torch
 
-    from .bench import OPTIMIZERS, make_schedule, resnet50_shapes
+    from .bench import make_schedule, resnet50_shapes
+    from .optim_db import BENCH
     from .roof import Roof
 
     rows = []
@@ -89,7 +90,7 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
     for label, shapes in workloads:
         n = sum(math.prod(s) for s in shapes)
         schedule = make_schedule()
-        roof = Roof(shapes, torch.float32, OPTIMIZERS["adam"][3])
+        roof = Roof(shapes, torch.float32, BENCH["adam"].columns)
         providers = {"torch fused": _torch_step(shapes, schedule), "roof": (roof.step, 0)}
         for fmt in FORMATS:
             providers[fmt] = _kernel_step(shapes, fmt, schedule)

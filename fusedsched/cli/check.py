@@ -38,7 +38,8 @@ import os
 import time
 from pathlib import Path
 
-DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
+from .optim_db import DTYPE_NAMES
+
 QUICK_DTYPES = ("float64", "float32")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 HALF_TOLERANCE_ULPS = 4.0       # bfloat16 / float16: (4 + steps / 2) * eps(dtype)
@@ -145,7 +146,7 @@ def _run_one(torch, fs, case, backend, dtype, device, steps):
     params, grads = _inputs(torch, dtype, device, steps)
     ours = [_leaf(torch, p, i == 3) for i, p in enumerate(params)]
     theirs = [_leaf(torch, p.to(oracle_dtype), i == 3) for i, p in enumerate(params)]
-    t_opt = info.torch_cls(theirs, lr=LR, foreach=False, **{**info.torch_defaults, **config})
+    t_opt = info.torch_cls(theirs, lr=LR, foreach=False, **info.torch_kwargs(config))
     scheduler = (torch_sched(t_opt) if torch_sched is not None else
                  torch.optim.lr_scheduler.LambdaLR(t_opt, lambda t: schedule(t)))
     o_opt = info.cls(ours, lr=LR, schedule=schedule, backend=backend, **config)
