@@ -16,11 +16,15 @@ step and compare against torch, written once (as torch's ``common_optimizers.opt
 * ``DTYPE_NAMES`` / ``DTYPES``: the parameter dtypes, widest first (names, torch dtypes).
 * ``STATE_DTYPES``: the reduced-precision ``state_dtype`` values every optimizer takes.
 
-Who reads what: ``fusedsched check`` the configs, schedules and dtypes (its parity matrix);
-``fusedsched bench`` and ``bench/bench_optimizers.py`` ``BENCH``; the tests the classes, the
-configs (``tests/_torch_oracle.py``, ``test_optim_vs_torch.py``, ``test_reliability.py``),
-the list of optimizers (every test that runs each of them), ``torch_kwargs``, the schedules
-and the dtypes.
+Who reads what:
+
+* ``fusedsched check``: ``OPTIMIZERS`` (classes, ``torch_kwargs``, configs),
+  ``QUICK_CONFIGS``, ``schedules``, ``DTYPE_NAMES``.
+* ``fusedsched bench`` (and ``bench_state``, ``bench/bench_optimizers.py``): ``BENCH``.
+* the tests: ``OPTIMIZERS`` (the optimizers every test runs each of, their classes and
+  torch twins, ``torch_kwargs``; the configs in ``tests/_torch_oracle.py``,
+  ``test_optim_vs_torch.py``, ``test_reliability.py``), ``schedules``, ``torch_scheduler``,
+  ``DTYPES``, ``STATE_DTYPES``.
 
 Importing this module imports neither torch nor the optimizers (it holds their names;
 ``OptimInfo.cls`` and ``torch_cls``, ``DTYPES``, ``STATE_DTYPES`` and the functions import
@@ -73,24 +77,24 @@ class OptimInfo(NamedTuple):
 
 
 OPTIMIZERS = {
-    "sgd": OptimInfo("SGD", "SGD", "sgd", True, (
+    "sgd": OptimInfo("SGD", "SGD", "sgd", torch_fused_cpu=True, configs=(
         {}, {"momentum": 0.9, "nesterov": True},
         {"momentum": 0.9, "dampening": 0.5, "weight_decay": 0.1},
         {"maximize": True, "momentum": 0.9, "weight_decay": 0.1},
         {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.5},
         {"momentum": 0.5, "weight_decay": 0.1})),
-    "momentum": OptimInfo("Momentum", "SGD", "sgd", True, (
-        {}, {"nesterov": True, "weight_decay": 0.01}), {"momentum": 0.9}),
-    "rmsprop": OptimInfo("RMSprop", "RMSprop", "rmsprop", False, (
+    "momentum": OptimInfo("Momentum", "SGD", "sgd", torch_fused_cpu=True, configs=(
+        {}, {"nesterov": True, "weight_decay": 0.01}), torch_defaults={"momentum": 0.9}),
+    "rmsprop": OptimInfo("RMSprop", "RMSprop", "rmsprop", torch_fused_cpu=False, configs=(
         {}, {"centered": True, "momentum": 0.5, "weight_decay": 0.1}, {"momentum": 0.9},
         {"maximize": True, "alpha": 0.9, "eps": 1e-6}, {"centered": True},
         {"alpha": 0.9, "eps": 1e-6}, {"maximize": True, "weight_decay": 0.05})),
-    "adam": OptimInfo("Adam", "Adam", "adam", True, (
+    "adam": OptimInfo("Adam", "Adam", "adam", torch_fused_cpu=True, configs=(
         {}, {"amsgrad": True, "weight_decay": 0.1},
         {"weight_decay": 0.1, "decoupled_weight_decay": True},
         {"maximize": True, "amsgrad": True, "weight_decay": 0.05},
         {"betas": (0.8, 0.99), "eps": 1e-6}, {"amsgrad": True}, {"weight_decay": 0.1})),
-    "adamw": OptimInfo("AdamW", "AdamW", "adam", True, (
+    "adamw": OptimInfo("AdamW", "AdamW", "adam", torch_fused_cpu=True, configs=(
         {}, {"amsgrad": True, "weight_decay": 0.5}, {"maximize": True})),
 }
 
