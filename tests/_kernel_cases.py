@@ -78,6 +78,12 @@ SCHEDULES = {
 CYCLING = [S.one_cycle(6, pct_start=0.4), S.cyclic(0.2, 2, mode="triangular2"),
            S.sequential([S.constant(0.3), S.one_cycle(4, three_phase=True)], [2])]
 
+# (configuration index, params dtype) of each algorithm that the stored formats step
+# through: the first three configurations (between them each state list on and off) in
+# float32, the first in 16-bit parameters too
+FORMAT_CASES = [(k, dtype) for k in range(3)
+                for dtype in (FORMAT_DTYPES if k == 0 else FORMAT_DTYPES[:1])]
+
 ZERO_GRAD = 5         # the index of the tensor whose gradient (and 8-bit state) is zero
 
 
@@ -85,13 +91,6 @@ def schedule_of(k):
     """The name of the schedule that configuration ``k`` of an algorithm steps with."""
     return list(SCHEDULES)[k % len(SCHEDULES)]
 
-
-def format_cases(algo):
-    """(configuration index, params dtype) pairs that the stored formats step ``algo``
-    through: the first three configurations (between them each state list on and off) in
-    float32, the first in 16-bit parameters too."""
-    return [(k, dtype) for k in range(3) for dtype in (FORMAT_DTYPES if k == 0
-                                                       else FORMAT_DTYPES[:1])]
 
 
 class Case:

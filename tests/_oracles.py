@@ -38,7 +38,7 @@ class Oracle(NamedTuple):
     pairs that cut the work differently, all of which must give the same bits. ``shapes``:
     the tensor sizes of a call by name, each past the backend's path thresholds --
     "blocks" (every 8-bit block edge, a zero gradient at ``ZERO_GRAD`` and a tensor past
-    the serial walk; ``sizes``), "empty_first", "empty_middle", "empty_last" (an empty
+    Numba's serial walk or of several Triton programs; ``sizes``), "empty_first", "empty_middle", "empty_last" (an empty
     tensor there, the others across the backend's unit of work: a Numba chunk, a Triton
     program) and "many_small". ``chunk_sizes``: those of the chunking test.
     ``evaluate(schedule, ts)``: the backend's schedule evaluator, (factor, momentum,

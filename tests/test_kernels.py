@@ -35,10 +35,17 @@ one, or torch's in the "torch" mode; interpreted Triton: torch's CPU sqrt, which
 element alone) and the float64 step scalars (the reference takes the Numba kernels' own;
 interpreted Triton calls torch's functions, as the reference does). A tolerance would hide
 a wrong rounding of one element in a block, a code off by one or a flag's path that
-computes in another order, which is what these tests are for. The one comparison of two
-implementations is the Numba schedule evaluator against the reference's: in ulps, with
-the reason (``scalar_ulps`` in tests/_oracles.py; the Numba bias corrections likewise in
-tests/test_numba_machinery.py).
+computes in another order, which is what these tests are for. Two things are not
+compared to the bit, each for its stated reason: a NaN that an overflow makes in native
+state is compared by position (its sign and payload are those of the instructions that
+made it: ``compare_steps``), and the Numba schedule evaluator against the reference's is
+compared in ulps (two implementations of pow, cos, log: ``scalar_ulps`` in
+tests/_oracles.py; the Numba bias corrections likewise in tests/test_numba_machinery.py).
+
+Run time: the Numba kernels take the flags at run time, so a first run compiles once per
+algorithm, dtype and state format (reused from Numba's on-disk cache later); the Triton
+interpreter takes a fraction of a second per program, so Triton's sizes stop at a few
+programs.
 """
 
 import math
@@ -50,9 +57,9 @@ import fusedsched
 from fusedsched import schedules as S
 from fusedsched.kernels import ops
 
-from _kernel_cases import (CONFIGS, CYCLING, DTYPES, FORMATS, MOST_STATE, SCHEDULES,
-                           STORED_FORMATS, ZERO_GRAD, Case, assert_same_bits, compare_steps,
-                           extremes, format_cases, schedule_of)
+from _kernel_cases import (CONFIGS, CYCLING, DTYPES, FORMAT_CASES, FORMATS, MOST_STATE,
+                           SCHEDULES, STORED_FORMATS, ZERO_GRAD, Case, assert_same_bits,
+                           compare_steps, extremes, schedule_of)
 from _oracles import (BACKEND_PARAMS, PARAMS, assert_like_reference_evaluator, oracle_of,
                       reference_evaluate)
 
@@ -77,10 +84,10 @@ def _position(t=0.0):
 
 
 def _cases():
-    """Native state: every configuration in every dtype, each run of them on the next shape
-    (``SHAPES[n % 5]``: every shape in every dtype) and the schedules in turn every fifth
-    (``n // 5``: every shape under every schedule). The stored formats: ``format_cases``,
-    on the "blocks" sizes, under the configuration's schedule."""
+    """Native state: every configuration in every dtype, the n-th of these runs on shape
+    ``SHAPES[n % 5]`` (so every shape in every dtype) under schedule ``n // 5 % 5`` (so
+    every shape under every schedule). The stored formats: ``FORMAT_CASES``, on the
+    "blocks" sizes, under the configuration's schedule."""
     out = []
     n = 0
     for algo, configs in CONFIGS.items():
@@ -91,7 +98,7 @@ def _cases():
                                         id=f"{algo}{k}-native-{str(dtype)[6:]}-{shape}-{sched}"))
                 n += 1
         for fmt in STORED_FORMATS:
-            for k, dtype in format_cases(algo):
+            for k, dtype in FORMAT_CASES:
                 out.append(pytest.param(algo, k, fmt, dtype, "blocks", schedule_of(k),
                                         id=f"{algo}{k}-{fmt}-{str(dtype)[6:]}"))
     return out

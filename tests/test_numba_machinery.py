@@ -2,12 +2,10 @@
 tests/test_kernels.py): the thread pool's chunk shares, its own 16-bit conversions (F16C
 or integer code), its sqrt mode, and its float64 step scalars, which it computes with other
 implementations of pow, cos, log and sqrt than the reference's (Numba: LLVM, the C library,
-IEEE sqrt; the reference: torch, i.e. libm's pow and MKL's cos / log / sqrt): compared with
-the reference's in ulps, with the reason (``test_*_in_ulps``), and kept out of the
-bit-for-bit comparisons by ``_torch_oracle.reference_takes_numba_scalars``.
-
-Compile time dominates: the kernels take the flags at run time, so there is one
-compilation per (algorithm, dtype), reused from Numba's on-disk cache in later runs.
+IEEE sqrt; the reference: torch, i.e. libm's pow and MKL's cos / log / sqrt): Adam's bias
+corrections compared with the reference's in ulps, with the reason (the schedule
+evaluators are in tests/test_kernels.py), and kept out of the bit-for-bit comparisons by
+``_torch_oracle.reference_takes_numba_scalars``, which must not rest on torch's functions.
 """
 
 import math

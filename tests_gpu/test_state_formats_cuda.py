@@ -31,7 +31,7 @@ def _on_cuda(algo, config, fmt, dtype=torch.float32):
 @pytest.mark.parametrize("fmt", T.STORED_FORMATS)
 @pytest.mark.parametrize("algo", list(T.CONFIGS))
 def test_every_configuration_on_cuda(algo, fmt):
-    for k, dtype in T.format_cases(algo):
+    for k, dtype in T.FORMAT_CASES:
         T.compare_steps(_on_cuda(algo, T.CONFIGS[algo][k], fmt, dtype), "triton",
                         T.SCHEDULES[T.schedule_of(k)], 4)
 
