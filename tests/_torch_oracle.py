@@ -74,7 +74,8 @@ def reference_takes_numba_scalars():
     magnifies such a difference). With one function on both sides, everything else of a
     step -- the same correctly rounded operations and fused multiply-adds in the same
     order -- is compared bit for bit on every machine; the two implementations of the
-    scalars are compared with each other in ulps (tests/test_numba_kernels.py)."""
+    scalars are compared with each other in ulps (tests/test_kernels.py: the
+    schedule evaluators; tests/test_numba_machinery.py: Adam's bias corrections)."""
     saved = _ref_common.evaluate, _ref_adam.bias_corrections
     _ref_common.evaluate = _evaluate_as_numba
     _ref_adam.bias_corrections = _bias_corrections_as_numba

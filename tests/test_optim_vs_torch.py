@@ -2,7 +2,7 @@
 OneCycleLR / CyclicLR for the momentum-cycling schedules), in float64, every flag, every
 schedule kind, 35 updates; parameters and every torch state key to 1e-10 relative.
 Backends: reference and numba (numba is also checked against the reference per dtype in
-test_numba_kernels.py)."""
+test_kernels.py)."""
 
 import math
 

@@ -295,7 +295,7 @@ def test_compiled_backends_equal_reference(config, schedule, spec, dtype, seed, 
     Triton's interpreter calls the reference's own torch functions for them; Numba has its
     own (LLVM, the C library), so it is compared with a reference run that takes them from
     Numba's functions (``reference_takes_numba_scalars``; the two implementations are
-    compared in ulps in test_numba_kernels.py)."""
+    compared in ulps in test_kernels.py and test_numba_machinery.py)."""
     name, config = config
     config = dict(config)
     lr = config.pop("lr")

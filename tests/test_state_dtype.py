@@ -1,7 +1,7 @@
 """Reduced-precision optimizer state (``state_dtype=``) at the optimizer level: what the
 user sees in ``opt.state`` and the state_dict, memory, resume, the conversions to and from
 torch.optim's float32 state, errors, AMP, clipping, master weights, flat storage and
-torch.compile. The kernels' bits against the reference are tests/test_state_formats.py.
+torch.compile. The kernels' bits against the reference are tests/test_kernels.py.
 
 Zero tolerance is used where both sides run the same functions: a backend against the
 reference with the reference taking the backend's square roots and float64 scalars

@@ -1,10 +1,10 @@
 """State formats "bfloat16" and "8bit" on CUDA: the compiled Triton kernels against the
 reference on CUDA tensors (torch's CUDA ops: fma, sqrt and division correctly rounded, as
 the kernels' fma.rn / sqrt.rn / div.rn; amax keeps NaNs as the kernels' block absmax),
-bit for bit over several steps, with tests/test_state_formats.py's cases: every
-configuration of every algorithm, 16-bit parameters, GradScaler's skips, zero / non-finite
-/ extreme values, every program size, and a tensor of 70001 elements (137 fp32 programs)
-beside the ragged small ones."""
+bit for bit over several steps, with the cases of tests/test_kernels.py
+(tests/_kernel_cases.py): every configuration the formats step through, 16-bit
+parameters, GradScaler's skips, zero / non-finite / extreme values, every program size, and
+a tensor of 70001 elements (137 fp32 programs) beside the ragged small ones."""
 
 import sys
 from pathlib import Path
@@ -19,57 +19,36 @@ from fusedsched import schedules as S  # noqa: E402
 from fusedsched.kernels.triton import _launch as L  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import test_state_formats as T  # noqa: E402  (its cases; its own tests run interpreted)
+import _kernel_cases as T  # noqa: E402  (the cases of tests/test_kernels.py)
 
 SIZES = [0, 1, 255, 256, 257, 300, 5000, 70001]
-FORMATS = ["bfloat16", "8bit"]
 
 
-def _steps(mine, schedule, n_steps, *, amp=None, extremes=False, nan_as_nan=False):
-    """``n_steps`` of ``mine`` (on CUDA) by the compiled kernels and of its clone by the
-    reference, compared after each; ``amp`` the found_inf of each step (grads scaled by
-    1024 first)."""
-    ref = mine.clone()
-    if extremes:
-        T._extremes(mine)
-        T._extremes(ref)
-    program = S.program(schedule, "cuda")
-    positions = [torch.tensor(0.0, dtype=torch.float64, device="cuda") for _ in range(2)]
-    for step in range(n_steps):
-        kw = {}
-        if amp is not None:
-            kw = dict(grad_scale=torch.tensor(1024.0, device="cuda"),
-                      found_inf=torch.tensor(amp[step], device="cuda"))
-        elif step % 2:
-            kw = dict(grad_scale=torch.tensor(4.0, device="cuda"))
-        for case, backend, position in ((mine, "triton", positions[0]),
-                                        (ref, "reference", positions[1])):
-            if amp is not None:
-                for g in case.lists[1]:
-                    g.mul_(1024.0)
-            case.step(backend, program, position, **{k: v.clone() for k, v in kw.items()})
-        T.assert_same_bits(mine, ref, f"step {step}", nan_as_nan=nan_as_nan)
+def _on_cuda(algo, config, fmt, dtype=torch.float32):
+    return T.Case(algo, config, fmt, dtype, SIZES).to("cuda")
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", T.STORED_FORMATS)
 @pytest.mark.parametrize("algo", list(T.CONFIGS))
 def test_every_configuration_on_cuda(algo, fmt):
-    for k, config in enumerate(T.CONFIGS[algo]):
-        for dtype in T.DTYPES if k == 0 else T.DTYPES[:1]:
-            mine = T.Case(algo, config, fmt, dtype, SIZES).to("cuda")
-            _steps(mine, T.SCHEDULES[k % len(T.SCHEDULES)], 4)
+    for k, dtype in T.FORMAT_CASES:
+        T.compare_steps(_on_cuda(algo, T.CONFIGS[algo][k], fmt, dtype), "triton",
+                        T.SCHEDULES[T.schedule_of(k)], 4)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", T.STORED_FORMATS)
 @pytest.mark.parametrize("algo", list(T.CONFIGS))
 def test_amp_and_extremes_on_cuda(algo, fmt):
     config = T.CONFIGS[algo][1]
-    _steps(T.Case(algo, config, fmt, torch.float32, SIZES).to("cuda"), T.SCHEDULES[1], 4,
-           amp=[1.0, 0.0, 1.0, 0.0])
-    if algo == "adam" and fmt == "bfloat16":    # as tests/test_state_formats.py says why
+    T.compare_steps(_on_cuda(algo, config, fmt), "triton", T.SCHEDULES["one_cycle"], 4,
+                    amp=[1.0, 0.0, 1.0, 0.0])
+    if algo == "adam" and fmt == "bfloat16":
+        # amsgrad off: amsgrad's max of a NaN, rounded to bfloat16, is the case of
+        # tests/test_kernels.py::test_reference_bfloat16_rounding_keeps_every_nan
         config = dict(config, amsgrad=False, _off=("max_exp_avg_sqs",))
-    _steps(T.Case(algo, config, fmt, torch.float32, SIZES).to("cuda"), S.constant(), 2,
-           extremes=True, nan_as_nan=True)
+    mine = _on_cuda(algo, config, fmt)
+    T.extremes(mine)
+    T.compare_steps(mine, "triton", S.constant(), 2, nan_as_nan=True)
 
 
 @pytest.mark.parametrize("block", [256, 1024, 2048])
@@ -77,6 +56,6 @@ def test_every_program_size_on_cuda(block, monkeypatch):
     # a program of any multiple of the 8-bit block computes every element alike
     monkeypatch.setitem(L.BLOCK, torch.float32, block)
     for algo in T.CONFIGS:
-        for fmt in FORMATS:
-            _steps(T.Case(algo, T.CONFIGS[algo][1], fmt, torch.float32, SIZES).to("cuda"),
-                   T.SCHEDULES[2], 2)
+        for fmt in T.STORED_FORMATS:
+            T.compare_steps(_on_cuda(algo, T.CONFIGS[algo][1], fmt), "triton",
+                            T.SCHEDULES["warmup_cosine"], 2)

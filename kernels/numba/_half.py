@@ -19,7 +19,7 @@ from numba.extending import intrinsic
 # quieted). The integer versions below run float16 Adam at about a third of torch fused's
 # speed, F16C at par (bench/results/numba_decisions.md). Without F16C, LLVM would lower ``half`` to
 # libcalls that Numba's JIT does not link, so the integer versions stay for those CPUs
-# (tests/test_numba_kernels.py compiles both and compares them bit for bit).
+# (tests/test_numba_machinery.py compiles both and compares them bit for bit).
 _F16C = "+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
 
 

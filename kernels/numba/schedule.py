@@ -9,7 +9,7 @@ Transcendental functions: ``math.pow``, ``math.cos`` and ``math.log`` (Numba low
 LLVM's intrinsics, calls of the C library's functions) and ``math.sqrt`` (IEEE), where the
 reference calls torch's (on the CPU: libm's pow, MKL's cos, log and sqrt). Each is correct
 to about an ulp, but they are two implementations: the two evaluators agree to an ulp or so
-of 1, not bit for bit (tests/test_numba_kernels.py compares them in ulps).
+of 1, not bit for bit (tests/test_kernels.py compares them in ulps).
 """
 
 import math

@@ -33,11 +33,11 @@ if INTERPRET:
 #   Triton build the result's type and shape and replace its values with torch's CPU op on
 #   the same data (``torch.addcmul``, ``torch.sqrt``, ``Tensor.to``): the device's rounding,
 #   as the fp64 ``_pow``/``_cos``/``_log``/``_sqrt`` of ``schedule.py`` are torch's. Interpreted
-#   Triton then equals the reference bit for bit on CPU (tests/test_triton_kernels.py checks
-#   it with zero tolerance). ``_sqrt`` here runs on a block of the tensor where the reference
+#   Triton then equals the reference bit for bit on CPU (tests/test_kernels.py checks it
+#   with zero tolerance). ``_sqrt`` here runs on a block of the tensor where the reference
 #   takes the whole tensor at once: the same function, and torch's CPU sqrt rounds each
 #   element alone, whatever the length and offset of the call (MKL's vector sqrt, or IEEE
-#   sqrt without MKL; checked by tests/test_triton_kernels.py).
+#   sqrt without MKL; checked by tests/test_triton_machinery.py).
 if INTERPRET:
     _TORCH = {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16,
               tl.float32: torch.float32, tl.float64: torch.float64}

@@ -16,8 +16,8 @@ call, on 0-dim float64 CPU tensors as they do (``torch.pow``, ``torch.cos``, ``t
 are not libm and not torch's (torch's CPU cos/log/sqrt are MKL's vector functions, its
 0-dim pow is libm's), so interpreted Triton would equal the reference only where two
 libraries happen to agree. With the same function on both sides, interpreted Triton equals
-the reference bit for bit on every machine (tests/test_triton_kernels.py checks it with zero
-tolerance, and checks that numpy's functions are not used). (The interpreter does not
+the reference bit for bit on every machine (tests/test_kernels.py checks it with zero
+tolerance, tests/test_triton_machinery.py that numpy's functions are not used). (The interpreter does not
 implement libdevice calls at all: ``NotImplementedError: extern_elementwise``.)
 (``exp(y*log(x))`` was rejected for ``pow``: ``2**3`` comes out as 7.999999999999998,
 which moves cosine_restarts cycle boundaries.)
