@@ -64,9 +64,18 @@ def _step(opt, params, steps, seed=1):
         opt.step()
 
 
-def _doubling(indices):
-    """Whether the gaps between consecutive ``indices`` double (up to PROBE_MAX)."""
-    gaps = [b - a for a, b in zip(indices, indices[1:])]
+def _probes(indices):
+    """The first calls of the runs of consecutive ``indices`` (a probe is PROBE_CALLS
+    consecutive calls), each run PROBE_CALLS long but perhaps the last."""
+    starts = [i for i in indices if i - 1 not in indices]
+    runs = [len([j for j in indices if s <= j < s + _host.PROBE_CALLS]) for s in starts]
+    assert all(r == _host.PROBE_CALLS for r in runs[:-1]), runs
+    return starts
+
+
+def _doubling(starts):
+    """Whether the gaps between consecutive probe ``starts`` double (up to PROBE_MAX)."""
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
     return len(gaps) >= 2 and all(b == min(2 * a, _host.PROBE_MAX)
                                   for a, b in zip(gaps, gaps[1:]))
 
@@ -82,12 +91,14 @@ def test_a_slow_pool_hands_the_step_to_the_calling_thread(name, monkeypatch):
     opt = MAKERS[name](params)
     _step(opt, params, steps)
     serial = [i for i, c in enumerate(chosen) if c == 0]
-    # the pool runs until the calling thread has been timed: probes at calls 32 (its
-    # first call, not counted) and 96 (32 + 64)
-    assert serial[:2] == [probe, 3 * probe]
-    # then the calling thread runs; the pool only at its probes, ever rarer
-    pool = [i for i, c in enumerate(chosen) if c and i > 3 * probe]
-    assert len(pool) <= 4 and pool[0] == 3 * probe + 1 + probe and _doubling(pool)
+    # the pool runs until the calling thread's first probe (calls 32-35) has timed it;
+    # then the calling thread runs, the pool only in its probes, ever rarer
+    end = probe + _host.PROBE_CALLS
+    assert serial[:_host.PROBE_CALLS] == list(range(probe, end))
+    assert all(c for c in chosen[:probe])
+    pool = [i for i, c in enumerate(chosen) if c and i >= end]
+    starts = _probes(pool)
+    assert starts[0] == end + probe and len(starts) <= 4 and _doubling(starts)
     # the same bits whichever path ran each step
     assert all(torch.equal(a, b) for a, b in zip(params, twin))
     for p, q in zip(params, twin):
@@ -101,8 +112,39 @@ def test_a_fast_pool_keeps_the_step_and_probes_the_calling_thread(name, monkeypa
     params = _params()
     chosen = _fake_paths(monkeypatch, MODULES[name], serial_ns=10_000, pool_ns=1_000)
     _step(MAKERS[name](params), params, 16 * _host.PROBE_EVERY)
-    serial = [i for i, c in enumerate(chosen) if c == 0]
-    assert serial[0] == _host.PROBE_EVERY and len(serial) == 4 and _doubling(serial)
+    starts = _probes([i for i, c in enumerate(chosen) if c == 0])
+    assert starts[0] == _host.PROBE_EVERY and len(starts) == 4 and _doubling(starts)
+
+
+def test_a_probe_counts_its_warm_calls_only(monkeypatch):
+    """The first call of a probe of the pool wakes its threads: its time is left out."""
+    params = _params()
+    real = _host.use_pool
+    chosen = []
+    clock = {"t": 0}
+
+    def use_pool(offsets, serial_max):
+        chosen.append(real(offsets, serial_max))
+        return chosen[-1]
+
+    def perf_counter_ns():
+        # the pool: 500 ns warm, 100 us on a call after the calling thread ran
+        if chosen[-1] == 0:
+            cost = 1_000
+        else:
+            cost = 100_000 if len(chosen) > 1 and chosen[-2] == 0 else 500
+        clock["t"] += cost
+        return clock["t"]
+
+    monkeypatch.setattr(_host, "_choices", {})
+    monkeypatch.setattr(adam, "use_pool", use_pool)
+    monkeypatch.setattr(adam, "perf_counter_ns", perf_counter_ns)
+    opt = fs.Adam(params, lr=1e-2, backend="numba")
+    _step(opt, params, 8 * _host.PROBE_EVERY)
+    # the calling thread is probed and loses; the pool keeps the step: the calling thread
+    # runs in its probes only (the first pool call after each costs 100 us, uncounted)
+    starts = _probes([i for i, c in enumerate(chosen) if c == 0])
+    assert starts[0] == _host.PROBE_EVERY and len(starts) == 3 and _doubling(starts)
 
 
 def test_the_choice_follows_a_change_of_load(monkeypatch):
@@ -130,7 +172,9 @@ def test_the_choice_follows_a_change_of_load(monkeypatch):
     for pool_ns, runs_on_pool in ((10_000, False), (100, True), (10_000, False)):
         load["pool_ns"] = pool_ns
         _step(opt, params, 40 * _host.PROBE_EVERY)
-        assert all(bool(c) == runs_on_pool for c in chosen[-window:])
+        # the expected path runs but for at most one probe of the other
+        assert sum(bool(c) == runs_on_pool for c in chosen[-window:]) >= (
+            window - _host.PROBE_CALLS)
 
 
 def test_steps_at_most_serial_max_never_time_or_probe(monkeypatch):

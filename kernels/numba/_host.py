@@ -179,29 +179,34 @@ def amp_args(grad_scale, found_inf):
 # one thread can take several on the pool (bench/results/cpu_sweep/pool_choice.md). Both
 # paths give the same bits (the chunking changes no element's arithmetic), so the choice
 # may follow the clock. Per call shape (elements, tensors; a training loop repeats one), the
-# launch's wall time on the path that runs is a moving average; the other path is tried at
-# probes, whose time replaces its estimate (the state of the machine now, not an average
-# over load that has gone). The faster estimate runs. Probes come PROBE_EVERY calls after
-# the faster path changed, then at doubling intervals up to PROBE_MAX: a losing probe costs
-# little, and a probe of the pool leaves its threads spinning for a while, which slows the
-# calling thread's next steps. A path's first call is not counted (it may compile, or start
-# the threads).
+# launch's wall time on the path that runs is a moving average; the other path is tried in
+# probes of PROBE_CALLS consecutive calls, whose mean but for the first replaces its
+# estimate (the machine's state now, not an average over load that has gone). The first
+# call on a path after the other ran is not counted on either path: on the pool it wakes
+# threads that slept while the calling thread ran. The
+# faster estimate runs. Probes start PROBE_EVERY calls after the faster path changed, then
+# at doubling intervals up to PROBE_MAX: a probe on the slower path costs little. The first
+# call of a shape is not counted (it may compile, or start the threads).
 PROBE_EVERY = 32
 PROBE_MAX = 1024
+PROBE_CALLS = 4
 _WEIGHT = 0.25      # of a new time in the running path's moving average
 _CHOICES_MAX = 256
 
 
 class _Choice:
-    __slots__ = ("ns", "seen", "calls", "best", "interval", "next_probe")
+    __slots__ = ("ns", "calls", "best", "interval", "next_probe", "probe_left", "probe_ns",
+                 "last")
 
     def __init__(self):
         self.ns = [None, None]      # wall time of [serial, pool] launches, ns
-        self.seen = [0, 0]          # launches timed on each path
         self.calls = 0
         self.best = 1               # the path with the lower estimate (1: the pool)
         self.interval = PROBE_EVERY
         self.next_probe = PROBE_EVERY
+        self.probe_left = 0         # calls left in the current probe
+        self.probe_ns = []          # their times
+        self.last = 1               # the path of the last timed call
 
 
 _choices = {}
@@ -219,16 +224,19 @@ def use_pool(offsets, serial_max):
     pool = True
     if choice is not None:
         choice.calls += 1
-        serial_ns, pool_ns = choice.ns
-        best = int(serial_ns is None or (pool_ns is not None and pool_ns <= serial_ns))
-        if best != choice.best:         # the faster path changed: look again soon
-            choice.best, choice.interval = best, PROBE_EVERY
-            choice.next_probe = choice.calls + PROBE_EVERY
-        pool = bool(best)
-        if choice.calls >= choice.next_probe:
-            pool = not pool
-            choice.interval = min(2 * choice.interval, PROBE_MAX)
-            choice.next_probe = choice.calls + choice.interval
+        if not choice.probe_left:
+            serial_ns, pool_ns = choice.ns
+            best = int(serial_ns is None or (pool_ns is not None and pool_ns <= serial_ns))
+            if best != choice.best:         # the faster path changed: look again soon
+                choice.best, choice.interval = best, PROBE_EVERY
+                choice.next_probe = choice.calls + PROBE_EVERY
+            if choice.calls >= choice.next_probe:
+                choice.probe_left = PROBE_CALLS
+                choice.interval = min(2 * choice.interval, PROBE_MAX)
+                choice.next_probe = choice.calls + choice.interval
+        pool = bool(choice.best) != bool(choice.probe_left)
+        if choice.probe_left:
+            choice.probe_left -= 1
     return chunk_size(total, setup_threads()) if pool else 0
 
 
@@ -242,14 +250,19 @@ def timed(offsets, serial_max, chunk, ns):
     if choice is None:
         if len(_choices) >= _CHOICES_MAX:
             _choices.pop(next(iter(_choices)))
-        choice = _choices[key] = _Choice()
-    path = 1 if chunk else 0
-    choice.seen[path] += 1
-    if choice.seen[path] == 1:
+        _choices[key] = _Choice()
         return
-    old = choice.ns[path]
-    choice.ns[path] = (ns if old is None or path != choice.best
-                       else old + _WEIGHT * (ns - old))
+    path = 1 if chunk else 0
+    switched, choice.last = path != choice.last, path
+    if path != choice.best:         # a probe's call
+        choice.probe_ns.append(ns)
+        if len(choice.probe_ns) == PROBE_CALLS:
+            warm = choice.probe_ns[1:]
+            choice.ns[path] = sum(warm) / len(warm)
+            choice.probe_ns.clear()
+    elif not switched:              # (the first call back from a probe wakes its path too)
+        old = choice.ns[path]
+        choice.ns[path] = ns if old is None else old + _WEIGHT * (ns - old)
 
 
 def empty_step(schedule, position, advance_position):
