@@ -33,21 +33,24 @@ def _small_serial_max(monkeypatch):
         monkeypatch.setattr(module, "SERIAL_MAX", 1000)
 
 
-def _fake_paths(monkeypatch, module, serial_ns, pool_ns):
-    """Record every chunk ``use_pool`` returns in ``module``, and give each launch the
-    wall time of the path it ran on."""
+def _fake_paths(monkeypatch, module, serial_ns=None, pool_ns=None, cost=None):
+    """Record every chunk ``use_pool`` returns in ``module`` (the list returned), and give
+    each launch a wall time: ``serial_ns`` or ``pool_ns`` for the path it ran on, or
+    ``cost(chosen)`` (``chosen``: the chunks so far, the launch's last)."""
     real = _host.use_pool
     chosen = []
     clock = {"t": 0}
+    if cost is None:
+        def cost(chosen):
+            return serial_ns if chosen[-1] == 0 else pool_ns
 
     def use_pool(offsets, serial_max):
-        chunk = real(offsets, serial_max)
-        chosen.append(chunk)
-        return chunk
+        chosen.append(real(offsets, serial_max))
+        return chosen[-1]
 
     def perf_counter_ns():
         # called at a launch's start and end: the end's increment is the launch's time
-        clock["t"] += serial_ns if chosen and chosen[-1] == 0 else pool_ns
+        clock["t"] += cost(chosen)
         return clock["t"]
 
     monkeypatch.setattr(_host, "_choices", {})
@@ -119,26 +122,14 @@ def test_a_fast_pool_keeps_the_step_and_probes_the_calling_thread(name, monkeypa
 def test_a_probe_counts_its_warm_calls_only(monkeypatch):
     """The first call of a probe of the pool wakes its threads: its time is left out."""
     params = _params()
-    real = _host.use_pool
-    chosen = []
-    clock = {"t": 0}
 
-    def use_pool(offsets, serial_max):
-        chosen.append(real(offsets, serial_max))
-        return chosen[-1]
-
-    def perf_counter_ns():
-        # the pool: 500 ns warm, 100 us on a call after the calling thread ran
+    def cost(chosen):
+        # the calling thread 1 us; the pool 500 ns warm, 100 us after the calling thread ran
         if chosen[-1] == 0:
-            cost = 1_000
-        else:
-            cost = 100_000 if len(chosen) > 1 and chosen[-2] == 0 else 500
-        clock["t"] += cost
-        return clock["t"]
+            return 1_000
+        return 100_000 if len(chosen) > 1 and chosen[-2] == 0 else 500
 
-    monkeypatch.setattr(_host, "_choices", {})
-    monkeypatch.setattr(adam, "use_pool", use_pool)
-    monkeypatch.setattr(adam, "perf_counter_ns", perf_counter_ns)
+    chosen = _fake_paths(monkeypatch, adam, cost=cost)
     opt = fs.Adam(params, lr=1e-2, backend="numba")
     _step(opt, params, 8 * _host.PROBE_EVERY)
     # the calling thread is probed and loses; the pool keeps the step: the calling thread
@@ -152,21 +143,8 @@ def test_the_choice_follows_a_change_of_load(monkeypatch):
     the pool brings the step back to it, and a slow pool again sends it away."""
     params = _params()
     load = {"pool_ns": 10_000}
-    real = _host.use_pool
-    chosen = []
-    clock = {"t": 0}
-
-    def use_pool(offsets, serial_max):
-        chosen.append(real(offsets, serial_max))
-        return chosen[-1]
-
-    def perf_counter_ns():
-        clock["t"] += 1_000 if chosen[-1] == 0 else load["pool_ns"]
-        return clock["t"]
-
-    monkeypatch.setattr(_host, "_choices", {})
-    monkeypatch.setattr(adam, "use_pool", use_pool)
-    monkeypatch.setattr(adam, "perf_counter_ns", perf_counter_ns)
+    chosen = _fake_paths(monkeypatch, adam,
+                         cost=lambda chosen: 1_000 if chosen[-1] == 0 else load["pool_ns"])
     opt = fs.Adam(params, lr=1e-2, backend="numba")
     window = _host.PROBE_EVERY - 1          # calls between two probes, at the least
     for pool_ns, runs_on_pool in ((10_000, False), (100, True), (10_000, False)):
