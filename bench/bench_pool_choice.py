@@ -70,19 +70,20 @@ def _ways(tensors, numel):
 
 
 def _measure(ways, rounds, calls):
+    from fusedsched.cli.bench import interleaved
+
     for step in ways.values():      # warm-up: compiles, and the measured rule's probes
         for _ in range(200):
             step()
-    times = {name: [] for name in ways}
-    order = list(ways)
-    for r in range(rounds):
-        k = r % len(order)
-        for name in order[k:] + order[:k]:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                ways[name]()
-            times[name].append((time.perf_counter() - t0) / calls * 1e3)
-    return {name: statistics.median(v) for name, v in times.items()}
+
+    def ms_per_call(step):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        return (time.perf_counter() - t0) / calls * 1e3
+
+    return {name: statistics.median(v)
+            for name, v in interleaved(ways, rounds, ms_per_call).items()}
 
 
 def main():

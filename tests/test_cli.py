@@ -378,3 +378,17 @@ def test_bench_state_format_rows_parameter_list(monkeypatch):
     assert listed["state_bytes_per_element"]["native"] == 8.0
     # codes: 2 B per element; scales: 1 + 1 + 2 blocks per state, 2 states of fp32
     assert listed["state_bytes_per_element"]["8bit"] == pytest.approx((2 * 322 + 8 * 4) / 322)
+
+
+def test_bench_compile_rows():
+    """``--only compile``: the compiled ``opt.step()`` against its eager twin (bit-identical
+    after the same steps) and the compiled train steps of fusedsched and torch fused, every
+    time measured in one interleaved loop."""
+    from fusedsched.cli import bench_compile
+
+    res = bench_compile.measure(True, rounds=1, min_run_time=0.01)
+    (row,) = res["step"]
+    assert row["bit_identical"] and row["eager_ms"] > 0 and row["compiled_ms"] > 0
+    assert row["compiled_vs_eager"] == row["compiled_ms"] / row["eager_ms"]
+    assert set(res["train"]["ms"]) == {f"{name}, {mode}" for name in ("fusedsched", "torch fused")
+                                       for mode in ("eager", "compiled")}

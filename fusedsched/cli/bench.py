@@ -362,6 +362,19 @@ def _time_once(step, min_run_time: float, timer: str = "timeit", blocks: int = 5
     return statistics.median(t.repeat(repeat=blocks, number=number)) / number
 
 
+def interleaved(steps: dict, rounds: int, time_one) -> dict:
+    """{name: [``time_one(step)`` of each round]} for ``steps`` ({name: callable}): every
+    step timed once per round, round after round, the order rotated by one each round (no
+    step always first, as the machine drifts)."""
+    times = {name: [] for name in steps}
+    order = list(steps)
+    for r in range(rounds):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            times[name].append(time_one(steps[name]))
+    return times
+
+
 def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_steps: int,
                      providers=PROVIDERS, timer: str = "timeit", blocks: int = 5) -> dict:
     """Time every provider of ``wl`` interleaved; returns the workload's record."""
@@ -403,12 +416,11 @@ def measure_workload(wl: Workload, rounds: int, min_run_time: float, warmup_step
         if "roof" in times:
             for _ in range(warmup_steps):
                 roof.step()
-        order = (["roof"] if "roof" in times else []) + list(live)
-        for r in range(rounds):
-            k = r % len(order)
-            for name in order[k:] + order[:k]:       # rotate: no provider always first
-                step = roof.step if name == "roof" else live[name].step
-                times[name].append(_time_once(step, min_run_time, timer, blocks))
+        steps = ({"roof": roof.step} if "roof" in times else {}) | {
+            name: prov.step for name, prov in live.items()}
+        for name, measured in interleaved(steps, rounds, lambda step: _time_once(
+                step, min_run_time, timer, blocks)).items():
+            times[name] += measured     # (the roof: over every group)
         for name, prov in live.items():
             finite[name] = all(bool(torch.isfinite(p).all()) for p in owned[name])
             prov.close()
@@ -1134,12 +1146,7 @@ def measure_cuda_workload(wl: Workload, rounds: int, rep_ms: int) -> dict:
         steps["fusedsched_graph"] = graph.replay
     except Exception as exc:
         errors["fusedsched_graph"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    order = list(steps)
-    for r in range(rounds):
-        k = r % len(order)
-        for name in order[k:] + order[:k]:
-            times[name].append(_cuda_time_ms(steps[name], rep_ms) * 1e-3)
+    times = interleaved(steps, rounds, lambda step: _cuda_time_ms(step, rep_ms) * 1e-3)
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     rec = {"workload": wl.name, "optimizer": wl.optimizer, "dtype": wl.dtype,

@@ -13,6 +13,7 @@ one process, interleaved over rounds:
 import statistics
 
 from .bench import _time_once as _median_s   # median s per call over timeit blocks
+from .bench import interleaved
 
 WORKLOAD_TENSORS = (("10 x 64k", 10, 1 << 16), ("100 x 1k", 100, 1 << 10))
 
@@ -45,10 +46,8 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> dict:
             eager()
             compiled()
         same = all(torch.equal(a, b) for a, b in zip(twins[0][0], twins[1][0]))
-        times = {"eager": [], "compiled": []}
-        for _ in range(rounds):
-            times["eager"].append(_median_s(eager, min_run_time))
-            times["compiled"].append(_median_s(compiled, min_run_time))
+        times = interleaved({"eager": eager, "compiled": compiled}, rounds,
+                            lambda step: _median_s(step, min_run_time))
         # (the timed calls differ in number between the two: compared before timing)
         e, c = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
         out["step"].append({"workload": f"AdamW step, {label} fp32", "eager_ms": e,
@@ -87,10 +86,7 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> dict:
     for fn in runs.values():
         for _ in range(3):
             fn()
-    times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            times[k].append(_median_s(fn, min_run_time))
+    times = interleaved(runs, rounds, lambda step: _median_s(step, min_run_time))
     ms = {f"{name}, {mode}": statistics.median(v) * 1e3 for (name, mode), v in times.items()}
     out["train"] = {"workload": "MLP 256-512-512-10, batch 256, train step", "ms": ms,
                     "torch_compiled_vs_fusedsched_compiled":

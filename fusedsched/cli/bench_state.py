@@ -19,7 +19,7 @@ and ``exp_avg_sq`` with their scales) with their ratio to float32 state.
 import math
 import statistics
 
-from .bench import _time_once
+from .bench import _time_once, interleaved
 
 SIZES = (10**6, 10**7, 32 * 10**6)     # one tensor each; then the ResNet-50 list
 FORMATS = ("native", "bfloat16", "8bit")
@@ -97,12 +97,8 @@ def measure(quick: bool, rounds: int, min_run_time: float) -> list:
         for step, _ in providers.values():
             for _ in range(2):
                 step()
-        times = {name: [] for name in providers}
-        order = list(providers)
-        for r in range(rounds):
-            k = r % len(order)
-            for name in order[k:] + order[:k]:       # rotate: no provider always first
-                times[name].append(_time_once(providers[name][0], min_run_time))
+        times = interleaved({name: step for name, (step, _) in providers.items()}, rounds,
+                            lambda step: _time_once(step, min_run_time))
         ms = {name: statistics.median(v) * 1e3 for name, v in times.items()}
         state = {name: b / n for name, (_, b) in providers.items() if name != "roof"}
         rows.append({
