@@ -183,10 +183,10 @@ def amp_args(grad_scale, found_inf):
 # probes of PROBE_CALLS consecutive calls, whose mean but for the first replaces its
 # estimate (the machine's state now, not an average over load that has gone). The first
 # call on a path after the other ran is not counted on either path: on the pool it wakes
-# threads that slept while the calling thread ran. The
-# faster estimate runs. Probes start PROBE_EVERY calls after the faster path changed, then
-# at doubling intervals up to PROBE_MAX: a probe on the slower path costs little. The first
-# call of a shape is not counted (it may compile, or start the threads).
+# threads that slept while the calling thread ran. The faster estimate runs. Probes start
+# PROBE_EVERY calls after the faster path changed, then come at doubling intervals up to
+# PROBE_MAX: a probe on the slower path costs little. The first call of a shape is not
+# counted (it may compile, or start the threads).
 PROBE_EVERY = 32
 PROBE_MAX = 1024
 PROBE_CALLS = 4
@@ -232,6 +232,7 @@ def use_pool(offsets, serial_max):
                 choice.next_probe = choice.calls + PROBE_EVERY
             if choice.calls >= choice.next_probe:
                 choice.probe_left = PROBE_CALLS
+                choice.probe_ns.clear()     # (a probe cut short by a skipped step)
                 choice.interval = min(2 * choice.interval, PROBE_MAX)
                 choice.next_probe = choice.calls + choice.interval
         pool = bool(choice.best) != bool(choice.probe_left)
