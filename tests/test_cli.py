@@ -382,7 +382,8 @@ def test_bench_state_format_rows_parameter_list(monkeypatch):
 
 def test_bench_compile_rows():
     """``--only compile``: the compiled ``opt.step()`` against its eager twin (bit-identical
-    after the same steps) and the compiled train steps of fusedsched and torch fused, every
+    after the same steps) beside torch's AdamW eager and compiled, torch.compile's own cost
+    per call, and the compiled train steps of fusedsched and torch fused, every
     time measured in one interleaved loop."""
     from fusedsched.cli import bench_compile
 
@@ -390,5 +391,9 @@ def test_bench_compile_rows():
     (row,) = res["step"]
     assert row["bit_identical"] and row["eager_ms"] > 0 and row["compiled_ms"] > 0
     assert row["compiled_vs_eager"] == row["compiled_ms"] / row["eager_ms"]
+    assert row["torch_compiled_vs_eager"] == row["torch_compiled_ms"] / row["torch_eager_ms"]
+    floor = res["floor"]
+    assert floor["eager_us"] > 0 and floor["compiled_us"] > 0
+    assert floor["added_us"] == floor["compiled_us"] - floor["eager_us"]
     assert set(res["train"]["ms"]) == {f"{name}, {mode}" for name in ("fusedsched", "torch fused")
                                        for mode in ("eager", "compiled")}
