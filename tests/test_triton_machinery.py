@@ -24,6 +24,7 @@ import triton.language as tl  # noqa: E402
 
 from fusedsched import schedules as S  # noqa: E402
 from fusedsched.kernels.triton import _launch as L  # noqa: E402
+from fusedsched.kernels.triton._kernel import ROW, ROW_8BIT  # noqa: E402
 from fusedsched.kernels.triton.schedule import INTERPRET  # noqa: E402
 
 from _kernel_cases import CONFIGS, MOST_STATE, Case, compare_steps  # noqa: E402
@@ -47,7 +48,7 @@ def test_tables_are_cached():
     moved = [torch.ones(5), torch.zeros(0)]
     c = L.tables(params, moved, [None], steps)
     assert c is a
-    assert c.tab.view(-1, L.ROW)[:, 2].tolist() == [g.data_ptr() for g in moved]
+    assert c.tab.view(-1, ROW)[:, 2].tolist() == [g.data_ptr() for g in moved]
     assert c.rows[:, 2].tolist() == [g.data_ptr() for g in moved]
     # a moved parameter builds a new one
     params[0] = torch.zeros(5)
@@ -67,9 +68,9 @@ def test_state_format_tables():
     codes = [[torch.zeros(p.shape, dtype=torch.uint8) for p in params] for _ in range(2)]
     scales = [[torch.zeros(2), torch.zeros(0)], [torch.zeros(2), torch.zeros(0)], None]
     t = L.tables(params, grads, codes + [None], steps, "8bit", scales)
-    rows = t.tab.view(-1, L.ROW_8BIT)
-    assert rows.shape == (2, L.ROW_8BIT) and t.n_blocks == 1
-    assert rows[0, L.ROW:].tolist() == [scales[0][0].data_ptr(), scales[1][0].data_ptr(), 0]
+    rows = t.tab.view(-1, ROW_8BIT)
+    assert rows.shape == (2, ROW_8BIT) and t.n_blocks == 1
+    assert rows[0, ROW:].tolist() == [scales[0][0].data_ptr(), scales[1][0].data_ptr(), 0]
     assert L.tables(params, grads, codes + [None], steps, "8bit", scales) is t
     with pytest.raises(ValueError, match="2 elements"):      # one scale per 256 elements
         L.tables(params, grads, codes + [None], steps, "8bit",

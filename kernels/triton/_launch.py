@@ -45,7 +45,6 @@ from .. import schedule_encoding as E
 from .. import state_format as SF
 from ..address_table import TableCache
 from ..ops import SIGNATURES
-from ._kernel import ROW, ROW_8BIT  # the rows that ``tables`` fills
 
 
 # Per dtype: (Triton element type name, block size, math dtype is fp64).
