@@ -173,3 +173,55 @@ def test_a_skipped_step_is_not_timed(monkeypatch):
     for _ in range(3):
         opt.step()
     assert _host._choices == {}
+
+
+def test_each_table_keeps_its_own_record(monkeypatch):
+    """Two optimizers of the same shape, different algorithms: the calling thread wins
+    Adam's steps and the pool SGD's, each by its own measurements (a record shared by
+    shape would mix the two)."""
+    adam_params, sgd_params = _params(), _params(seed=1)
+    adam_chosen = _fake_paths(monkeypatch, adam, serial_ns=1_000, pool_ns=10_000)
+    sgd_chosen = []
+    real = _host.use_pool
+    clock = {"t": 0}
+
+    def sgd_use_pool(offsets, serial_max):
+        sgd_chosen.append(real(offsets, serial_max))
+        return sgd_chosen[-1]
+
+    def sgd_clock():
+        clock["t"] += 10_000 if sgd_chosen[-1] == 0 else 1_000
+        return clock["t"]
+
+    monkeypatch.setattr(sgd, "use_pool", sgd_use_pool)
+    monkeypatch.setattr(sgd, "perf_counter_ns", sgd_clock)
+    opts = MAKERS["adam"](adam_params), MAKERS["sgd"](sgd_params)
+    for _ in range(8 * _host.PROBE_EVERY):
+        _step(opts[0], adam_params, 1)
+        _step(opts[1], sgd_params, 1)
+    assert len(_host._choices) == 2
+    window = _host.PROBE_EVERY - 1
+    assert sum(c == 0 for c in adam_chosen[-window:]) >= window - _host.PROBE_CALLS
+    assert sum(c != 0 for c in sgd_chosen[-window:]) >= window - _host.PROBE_CALLS
+
+
+def test_the_choice_runs_in_a_compiled_step(monkeypatch):
+    """torch.compile traces the operator call, not its Numba implementation: the choice is
+    made at run time, as in an eager step, and the result is the eager twin's."""
+    params, twin = _params(), _params()
+    chosen = _fake_paths(monkeypatch, adam, serial_ns=1_000, pool_ns=10_000)
+    opt, reference = MAKERS["adam"](params), MAKERS["adam"](twin)
+    step = torch.compile(opt.step, fullgraph=True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4 * _host.PROBE_EVERY):
+        for p, q in zip(params, twin):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        step()
+        reference.step()
+    # the compiled twin's calls alternate with the eager one's in ``chosen``; each has its
+    # own record (its own table), and both hand the step to the calling thread
+    assert len(_host._choices) == 2
+    window = 2 * (_host.PROBE_EVERY - 1)
+    assert sum(c == 0 for c in chosen[-window:]) >= window - 2 * _host.PROBE_CALLS
+    assert all(torch.equal(a, b) for a, b in zip(params, twin))

@@ -178,14 +178,16 @@ def amp_args(grad_scale, found_inf):
 # second job), waking the pool waits on the OS scheduler, and a step that takes 0.1 ms in
 # one thread can take several on the pool (bench/results/cpu_sweep/pool_choice.md). Both
 # paths give the same bits (the chunking changes no element's arithmetic), so the choice
-# may follow the clock. Per call shape (elements, tensors; a training loop repeats one), the
+# may follow the clock. Per address table (its offsets array, which the table cache keeps
+# with it: one per optimizer, algorithm and state format, whose costs differ; keyed with
+# its elements and tensors, so an id reused after a table is freed keys the same shape), the
 # launch's wall time on the path that runs is a moving average; the other path is tried in
 # probes of PROBE_CALLS consecutive calls, whose mean but for the first replaces its
 # estimate (the machine's state now, not an average over load that has gone). The first
 # call on a path after the other ran is not counted on either path: on the pool it wakes
 # threads that slept while the calling thread ran. The faster estimate runs. Probes start
 # PROBE_EVERY calls after the faster path changed, then come at doubling intervals up to
-# PROBE_MAX: a probe on the slower path costs little. The first call of a shape is not
+# PROBE_MAX: a probe on the slower path costs little. The first call of a table is not
 # counted (it may compile, or start the threads).
 PROBE_EVERY = 32
 PROBE_MAX = 1024
@@ -220,7 +222,7 @@ def use_pool(offsets, serial_max):
     total = int(offsets[-1])
     if total <= serial_max:
         return 0
-    choice = _choices.get((total, len(offsets)))
+    choice = _choices.get((id(offsets), total, len(offsets)))
     pool = True
     if choice is not None:
         choice.calls += 1
@@ -246,7 +248,7 @@ def timed(offsets, serial_max, chunk, ns):
     total = int(offsets[-1])
     if total <= serial_max:
         return
-    key = (total, len(offsets))
+    key = (id(offsets), total, len(offsets))
     choice = _choices.get(key)
     if choice is None:
         if len(_choices) >= _CHOICES_MAX:
