@@ -7,6 +7,7 @@ parameters, the grads the step used, and the state (``state_dict()``) with zero 
 as integer bit patterns (NaN and -0.0 included)."""
 
 import copy
+import inspect
 import io
 
 import pytest
@@ -757,12 +758,15 @@ def test_mixed_dtypes_and_groups_and_closure():
 
 def test_fullgraph_names_the_graph_break():
     """flat=True steps outside the graph: fullgraph=True refuses the step, naming the
-    eager step (README: torch.compile)."""
+    eager step and, where torch prints a reason (2.7 and later), flat storage (README:
+    torch.compile)."""
     p = torch.nn.Parameter(torch.randn(5))
     opt = fs.Adam([p], lr=0.1, flat=True)
     p.grad = torch.ones(5)
-    with pytest.raises(torch._dynamo.exc.Unsupported, match="_eager_step"):
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="_eager_step") as raised:
         torch.compile(opt.step, fullgraph=True)()
+    if "reason" in inspect.signature(torch.compiler.disable).parameters:
+        assert "flat=True storage" in str(raised.value)
 
 
 def test_momentum_turned_on_mid_run_restarts_counts():

@@ -36,6 +36,18 @@ class SparseGradientError(RuntimeError, TypeError):
 # that S.program's per-device cache hits every step.
 _UNIT = S.constant()
 
+
+def _eager_under_compile(fn):
+    """``torch.compiler.disable``, with the reason that dynamo prints at the graph break
+    (``fullgraph=True`` raises it) where torch takes one (2.7 and later)."""
+    reason = ("fusedsched steps eagerly here, a graph break: flat=True storage and complex "
+              "parameters are not traced (see the torch.compile recipe in fusedsched's "
+              "README)")
+    try:
+        return torch.compiler.disable(fn, reason=reason)
+    except TypeError:
+        return torch.compiler.disable(fn)
+
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 _DTYPES = frozenset(_REAL_DTYPES + _COMPLEX_DTYPES)
 
@@ -302,7 +314,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _has_complex(self):
         return any(p.is_complex() for group in self.param_groups for p in group["params"])
 
-    @torch.compiler.disable
+    @_eager_under_compile
     def _eager_step(self, closure):
         return self._run_step(closure, False)
 
