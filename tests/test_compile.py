@@ -13,6 +13,9 @@ Cases that were bugs before (kept as regression tests):
   addresses, and the kernel crashed or wrote elsewhere;
 * the first step of a process inside torch.compile: dynamo traced into Numba's dispatcher;
 * graph breaks and recompiles at every step; ``fullgraph=True`` failed.
+* ``max_grad_norm``: the norm of the per-tensor norms went through Inductor's lowering of
+  ``vector_norm`` (another summation order), so the clip coefficient of a compiled step
+  differed from the eager one in the last bit on some steps.
 Related public reports on mutable custom operators under compile: pytorch/pytorch#153389,
 #131192, and ``data_ptr`` in traced code, #128071.
 """
