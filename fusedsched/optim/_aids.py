@@ -6,7 +6,7 @@ given.
 
 Clipping (``max_grad_norm``). Before any update, the total L2 norm of all gradients of the
 optimizer (every group) is computed on the device as ``torch.nn.utils.clip_grad_norm_`` does
-(``torch._foreach_norm`` per device/dtype, then ``vector_norm`` of those norms; one
+(``torch._foreach_norm`` per device/dtype, then the norm of those norms; one
 deviation: fp16/bf16 grads are reduced to a float32 norm, not rounded to their dtype),
 without a host sync. With AMP the grads
 are scaled, so the norm is divided by ``grad_scale``: the norm of the unscaled grads.
@@ -115,7 +115,13 @@ def total_norm(grads):
     (``_foreach_norm`` per device and dtype, then the norm of those norms on the first
     grad's device), except that float16/bfloat16 grads are reduced in float32: torch returns
     their norm rounded to the grad dtype (bf16: 8 bits), which would make the clip
-    coefficient of a bf16 model off by up to 0.4%."""
+    coefficient of a bf16 model off by up to 0.4%.
+
+    The norm of the norms is a ``_foreach_norm`` too, not torch's ``vector_norm``: Inductor
+    calls ``_foreach_norm`` as the eager kernel, but lowers ``vector_norm`` to its own sum of
+    squares (another order), so a compiled step's clip coefficient would differ from the
+    eager one in the last bit. On the CPU both are the same kernel (the eager value is
+    unchanged); on CUDA the foreach kernel's order differs from ``vector_norm``'s by ulps."""
     groups = {}
     for g in grads:
         groups.setdefault((g.device, g.dtype), []).append(g)
@@ -124,7 +130,7 @@ def total_norm(grads):
         norms += (torch._foreach_norm(gs, 2.0, dtype=torch.float32) if dtype in _LOW
                   else torch._foreach_norm(gs, 2.0))
     first = grads[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]), 2.0)
+    return torch._foreach_norm([torch.stack([n.to(first) for n in norms])], 2.0)[0]
 
 
 def stochastic_round_(dst, src, generator):
