@@ -76,6 +76,20 @@ def _assert_twins(opt_a, opt_b, params_a, params_b):
         assert ga["schedule_position"].item() == gb["schedule_position"].item()
 
 
+def _step_twins(step, opt_a, opt_b, params_a, params_b, gen, steps=1, norms=False):
+    """``steps`` times: new gradients for both twins, ``step()`` (opt_a's, compiled) and
+    opt_b's eager step, then the twins compared bit for bit (``last_grad_norm`` too with
+    ``norms``)."""
+    for _ in range(steps):
+        _new_grads(params_a, params_b, gen)
+        step()
+        opt_b.step()
+        if norms:
+            torch.testing.assert_close(opt_a.last_grad_norm, opt_b.last_grad_norm, rtol=0,
+                                       atol=0)
+        _assert_twins(opt_a, opt_b, params_a, params_b)
+
+
 # Every algorithm on the CPU's default backend, Adam on the others: the launch path is the
 # same for every algorithm, and each compile costs seconds.
 _CASES = [(a, "numba") for a in sorted(CONFIGS)] + [("adam", b) for b in BACKENDS if b != "numba"]
@@ -87,12 +101,7 @@ def test_compiled_step_is_bit_identical_to_eager(algorithm, backend):
     cls, kw = CONFIGS[algorithm]
     make = lambda ps: cls(ps, **kw, schedule=_schedule(), backend=backend)  # noqa: E731
     pa, oa, pb, ob, gen = _twins(make)
-    step = torch.compile(oa.step, fullgraph=True)
-    for _ in range(6):
-        _new_grads(pa, pb, gen)
-        step()
-        ob.step()
-        _assert_twins(oa, ob, pa, pb)
+    _step_twins(torch.compile(oa.step, fullgraph=True), oa, ob, pa, pb, gen, steps=6)
 
 
 def test_eager_step_then_compiled_train_step_with_moving_grads():
@@ -232,14 +241,8 @@ def test_training_aids_in_a_compiled_step(aid):
     dtype = torch.float32 if "max_grad_norm" in aid else torch.bfloat16
     make = lambda ps: fs.AdamW(ps, lr=1e-2, schedule=_schedule(), **aid)  # noqa: E731
     pa, oa, pb, ob, gen = _twins(make, dtype=dtype)
-    step = torch.compile(oa.step)
-    for _ in range(4):
-        _new_grads(pa, pb, gen)
-        step()
-        ob.step()
-        _assert_twins(oa, ob, pa, pb)
-    if "max_grad_norm" in aid:
-        torch.testing.assert_close(oa.last_grad_norm, ob.last_grad_norm, rtol=0, atol=0)
+    _step_twins(torch.compile(oa.step), oa, ob, pa, pb, gen, steps=4,
+                norms="max_grad_norm" in aid)
 
 
 def test_clipping_norm_of_a_compiled_step_is_the_eager_norm():
@@ -248,13 +251,8 @@ def test_clipping_norm_of_a_compiled_step_is_the_eager_norm():
     in another order and differed from eager on about one step in ten."""
     make = lambda ps: fs.SGD(ps, lr=1e-2, momentum=0.9, max_grad_norm=0.5)  # noqa: E731
     pa, oa, pb, ob, gen = _twins(make)
-    step = torch.compile(oa.step, fullgraph=True)
-    for _ in range(16):
-        _new_grads(pa, pb, gen)
-        step()
-        ob.step()
-        torch.testing.assert_close(oa.last_grad_norm, ob.last_grad_norm, rtol=0, atol=0)
-        _assert_twins(oa, ob, pa, pb)
+    _step_twins(torch.compile(oa.step, fullgraph=True), oa, ob, pa, pb, gen, steps=16,
+                norms=True)
 
 
 def test_add_param_group_and_load_state_dict_between_compiled_steps():
@@ -266,10 +264,7 @@ def test_add_param_group_and_load_state_dict_between_compiled_steps():
             ob.add_param_group({"params": [pb[2]], "lr": 3e-3})
         if i == 4:          # a checkpoint of the twin (copied: load_state_dict keeps tensors)
             oa.load_state_dict(copy.deepcopy(ob.state_dict()))
-        _new_grads(pa, pb, gen)
-        step()
-        ob.step()
-        _assert_twins(oa, ob, pa, pb)
+        _step_twins(step, oa, ob, pa, pb, gen)
 
 
 def test_torch_fused_keywords_are_drop_in():
