@@ -48,6 +48,7 @@ def _eager_under_compile(fn):
     except TypeError:
         return torch.compiler.disable(fn)
 
+
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 _DTYPES = frozenset(_REAL_DTYPES + _COMPLEX_DTYPES)
 
